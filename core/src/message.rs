@@ -1,0 +1,572 @@
+//! Parsing one sd_notify datagram into a [`Message`], without copying.
+//!
+//! The rules follow systemd's own receivers (`../shared/protocol.md` §3):
+//! `notify_recv_with_fds_strv()` in `src/shared/notify-recv.c` (size and NUL rules),
+//! `strv_split_newlines()` in `src/basic/strv.c` (line splitting) and
+//! `service_notify_message()` in `src/core/service.c` (what each assignment means).
+
+use core::fmt;
+use core::str;
+
+/// The largest datagram systemd accepts: `NOTIFY_BUFFER_MAX` = 4096 bytes
+/// (`src/basic/constants.h`). A longer one is dropped whole, never truncated.
+pub const MAX_DATAGRAM_LEN: usize = 4096;
+
+/// The longest `STATUS=` value systemd keeps: 16 KiB (`STATUS_TEXT_MAX`, `src/core/service.c`).
+/// A datagram is at most 4 KiB, so over AF_UNIX this never triggers; it is kept for other inputs.
+pub const MAX_STATUS_LEN: usize = 16 * 1024;
+
+/// Why a datagram was rejected as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    /// Longer than [`MAX_DATAGRAM_LEN`] bytes (`notify-recv.c`: MSG_TRUNC drops the datagram).
+    #[error("datagram of {len} bytes exceeds the {MAX_DATAGRAM_LEN}-byte limit")]
+    TooLarge {
+        /// Length of the datagram in bytes.
+        len: usize,
+    },
+    /// A NUL byte before the end (`notify-recv.c`: only one trailing NUL is tolerated).
+    #[error("embedded NUL byte at offset {offset}")]
+    EmbeddedNul {
+        /// Offset of the first NUL byte from the start of the datagram.
+        offset: usize,
+    },
+}
+
+/// Every assignment key that systemd defines for `sd_notify(3)` and for PID 1's messages to its
+/// supervisor (`../shared/protocol.md` §4–§5). Other keys are kept as data, not parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum Key {
+    /// `READY=1`: startup finished (`sd_notify(3)`).
+    Ready,
+    /// `RELOADING=1`: reload started; READY=1 follows (v217).
+    Reloading,
+    /// `STOPPING=1`: shutdown began (v217).
+    Stopping,
+    /// `MONOTONIC_USEC=`: CLOCK_MONOTONIC µs of a reload start (v253).
+    MonotonicUsec,
+    /// `STATUS=`: one line of UTF-8 progress text.
+    Status,
+    /// `NOTIFYACCESS=none|main|exec|all` (v254).
+    NotifyAccess,
+    /// `ERRNO=`: a decimal errno.
+    Errno,
+    /// `BUSERROR=`: a D-Bus error name.
+    BusError,
+    /// `VARLINKERROR=`: a Varlink error name (v257).
+    VarlinkError,
+    /// `EXIT_STATUS=`: an exit status (v254).
+    ExitStatus,
+    /// `MAINPID=`: the main process' pid.
+    MainPid,
+    /// `MAINPIDFDID=`: the inode ID of the main process' pidfd (v257).
+    MainPidFdId,
+    /// `MAINPIDFD=1`: the single fd sent is a pidfd of the main process (v257).
+    MainPidFd,
+    /// `WATCHDOG=1` or `WATCHDOG=trigger` (v243).
+    Watchdog,
+    /// `WATCHDOG_USEC=`: a new watchdog interval in µs.
+    WatchdogUsec,
+    /// `EXTEND_TIMEOUT_USEC=`: extend the current timeout by µs (v236).
+    ExtendTimeoutUsec,
+    /// `RESTART_RESET=1` (v258).
+    RestartReset,
+    /// `FDSTORE=1`: store the fds sent (v219).
+    FdStore,
+    /// `FDSTOREREMOVE=1`: remove stored fds named by FDNAME (v236).
+    FdStoreRemove,
+    /// `FDNAME=`: name of the fds sent.
+    FdName,
+    /// `FDPOLL=0`: do not poll the stored fds (v246).
+    FdPoll,
+    /// `BARRIER=1`: synchronisation point; exactly one fd is sent with it (v246).
+    Barrier,
+    /// `X_SYSTEMD_SIGNALS_LEVEL=`: PID 1's signal handlers are installed (v256).
+    SignalsLevel,
+    /// `X_SYSTEMD_MACHINE_ID=`: the guest's machine ID (v256).
+    MachineId,
+    /// `X_SYSTEMD_HOSTNAME=`: the guest's initial hostname (v256).
+    Hostname,
+    /// `X_SYSTEMD_UNIT_ACTIVE=`: a target became active (v256).
+    UnitActive,
+    /// `X_SYSTEMD_UNIT_INACTIVE=`: a target became inactive (v256).
+    UnitInactive,
+    /// `X_SYSTEMD_SHUTDOWN=`: `systemd-shutdown` is about to reboot, power off, … (v256).
+    Shutdown,
+    /// `X_SYSTEMD_REBOOT_PARAMETER=`: the argument of the reboot (v256).
+    RebootParameter,
+}
+
+impl Key {
+    /// Every key, in declaration order.
+    pub const ALL: [Self; 29] = [
+        Self::Ready,
+        Self::Reloading,
+        Self::Stopping,
+        Self::MonotonicUsec,
+        Self::Status,
+        Self::NotifyAccess,
+        Self::Errno,
+        Self::BusError,
+        Self::VarlinkError,
+        Self::ExitStatus,
+        Self::MainPid,
+        Self::MainPidFdId,
+        Self::MainPidFd,
+        Self::Watchdog,
+        Self::WatchdogUsec,
+        Self::ExtendTimeoutUsec,
+        Self::RestartReset,
+        Self::FdStore,
+        Self::FdStoreRemove,
+        Self::FdName,
+        Self::FdPoll,
+        Self::Barrier,
+        Self::SignalsLevel,
+        Self::MachineId,
+        Self::Hostname,
+        Self::UnitActive,
+        Self::UnitInactive,
+        Self::Shutdown,
+        Self::RebootParameter,
+    ];
+
+    /// The key as it appears on the wire, e.g. `"X_SYSTEMD_UNIT_ACTIVE"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ready => "READY",
+            Self::Reloading => "RELOADING",
+            Self::Stopping => "STOPPING",
+            Self::MonotonicUsec => "MONOTONIC_USEC",
+            Self::Status => "STATUS",
+            Self::NotifyAccess => "NOTIFYACCESS",
+            Self::Errno => "ERRNO",
+            Self::BusError => "BUSERROR",
+            Self::VarlinkError => "VARLINKERROR",
+            Self::ExitStatus => "EXIT_STATUS",
+            Self::MainPid => "MAINPID",
+            Self::MainPidFdId => "MAINPIDFDID",
+            Self::MainPidFd => "MAINPIDFD",
+            Self::Watchdog => "WATCHDOG",
+            Self::WatchdogUsec => "WATCHDOG_USEC",
+            Self::ExtendTimeoutUsec => "EXTEND_TIMEOUT_USEC",
+            Self::RestartReset => "RESTART_RESET",
+            Self::FdStore => "FDSTORE",
+            Self::FdStoreRemove => "FDSTOREREMOVE",
+            Self::FdName => "FDNAME",
+            Self::FdPoll => "FDPOLL",
+            Self::Barrier => "BARRIER",
+            Self::SignalsLevel => "X_SYSTEMD_SIGNALS_LEVEL",
+            Self::MachineId => "X_SYSTEMD_MACHINE_ID",
+            Self::Hostname => "X_SYSTEMD_HOSTNAME",
+            Self::UnitActive => "X_SYSTEMD_UNIT_ACTIVE",
+            Self::UnitInactive => "X_SYSTEMD_UNIT_INACTIVE",
+            Self::Shutdown => "X_SYSTEMD_SHUTDOWN",
+            Self::RebootParameter => "X_SYSTEMD_REBOOT_PARAMETER",
+        }
+    }
+
+    /// The key named `name` (case-sensitive, as systemd compares), or `None` for other keys.
+    pub fn from_name(name: &[u8]) -> Option<Self> {
+        Self::ALL.into_iter().find(|key| key.name().as_bytes() == name)
+    }
+
+    /// For a flag key, the one value that sets it (`READY=1`, `FDPOLL=0`, …): systemd matches
+    /// flags as whole lines (`strv_contains()`), so any other value does nothing.
+    pub const fn flag_value(self) -> Option<&'static str> {
+        match self {
+            Self::Ready
+            | Self::Reloading
+            | Self::Stopping
+            | Self::MainPidFd
+            | Self::RestartReset
+            | Self::FdStore
+            | Self::FdStoreRemove
+            | Self::Barrier => Some("1"),
+            Self::FdPoll => Some("0"),
+            _ => None,
+        }
+    }
+
+    const fn bit(self) -> u32 {
+        1 << (self as u8)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of [`Key`]s, e.g. the keys of a message whose value was invalid and so ignored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KeySet(u32);
+
+impl KeySet {
+    /// The empty set.
+    pub const EMPTY: Self = Self(0);
+
+    /// Whether `key` is in the set.
+    pub const fn contains(self, key: Key) -> bool {
+        self.0 & key.bit() != 0
+    }
+
+    /// Whether the set is empty.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Adds `key`.
+    pub fn insert(&mut self, key: Key) {
+        self.0 |= key.bit();
+    }
+
+    /// The keys in the set, in [`Key::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = Key> {
+        Key::ALL.into_iter().filter(move |key| self.contains(*key))
+    }
+}
+
+/// `WATCHDOG=` values (`sd_notify(3)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(rename_all = "snake_case"))]
+pub enum Watchdog {
+    /// `WATCHDOG=1`: keep-alive ping.
+    Ping,
+    /// `WATCHDOG=trigger`: the service asks to be treated as if its watchdog expired (v243).
+    Trigger,
+}
+
+/// `NOTIFYACCESS=` values (`sd_notify(3)`, v254).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(rename_all = "snake_case"))]
+pub enum NotifyAccess {
+    /// `none`
+    None,
+    /// `main`
+    Main,
+    /// `exec`
+    Exec,
+    /// `all`
+    All,
+}
+
+/// One parsed datagram: the typed value of every known assignment, and the raw lines.
+///
+/// Built by [`parse`]; borrows the datagram. For each value key the **first** occurrence in the
+/// message decides (`strv_find_startswith()` in `service_notify_message()`); when that value is
+/// invalid the key is listed in [`Message::ignored`] and left unset, and the message's other keys
+/// still apply. Flags are whole lines (`READY=1`; ` READY=1` or `READY=true` set nothing).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Message<'a> {
+    payload: &'a [u8],
+    /// `READY=1`
+    pub ready: bool,
+    /// `RELOADING=1`
+    pub reloading: bool,
+    /// `STOPPING=1`
+    pub stopping: bool,
+    /// `MONOTONIC_USEC=`, µs of CLOCK_MONOTONIC in the guest.
+    pub monotonic_usec: Option<u64>,
+    /// `STATUS=`: `Some("")` clears the status. Ignored unless valid UTF-8 of at most
+    /// [`MAX_STATUS_LEN`] bytes (`service.c`).
+    pub status: Option<&'a str>,
+    /// `NOTIFYACCESS=`
+    pub notify_access: Option<NotifyAccess>,
+    /// `ERRNO=`: decimal, 0 to 4095 (`parse_errno()`, `src/basic/parse-util.c`).
+    pub errno: Option<u16>,
+    /// `BUSERROR=`: 1 to 255 printable ASCII characters, no spaces.
+    pub bus_error: Option<&'a str>,
+    /// `VARLINKERROR=`: 1 to 255 printable ASCII characters, no spaces.
+    pub varlink_error: Option<&'a str>,
+    /// `EXIT_STATUS=`: decimal, 0 to 255.
+    pub exit_status: Option<u8>,
+    /// `MAINPID=`: decimal, greater than 0.
+    pub main_pid: Option<u32>,
+    /// `MAINPIDFDID=`: decimal u64.
+    pub main_pid_fd_id: Option<u64>,
+    /// `MAINPIDFD=1`
+    pub main_pid_fd: bool,
+    /// `WATCHDOG=1` or `WATCHDOG=trigger`.
+    pub watchdog: Option<Watchdog>,
+    /// `WATCHDOG_USEC=`, µs.
+    pub watchdog_usec: Option<u64>,
+    /// `EXTEND_TIMEOUT_USEC=`, µs.
+    pub extend_timeout_usec: Option<u64>,
+    /// `RESTART_RESET=1`
+    pub restart_reset: bool,
+    /// `FDSTORE=1`
+    pub fd_store: bool,
+    /// `FDSTOREREMOVE=1`
+    pub fd_store_remove: bool,
+    /// `FDNAME=`: 0 to 255 printable ASCII characters, no `:` (`fdname_is_valid()`).
+    pub fd_name: Option<&'a str>,
+    /// `FDPOLL=0`
+    pub fd_poll_disabled: bool,
+    /// `BARRIER=1`
+    pub barrier: bool,
+    /// `X_SYSTEMD_SIGNALS_LEVEL=`: decimal u32 (only 2 is defined, any level is accepted).
+    pub signals_level: Option<u32>,
+    /// `X_SYSTEMD_MACHINE_ID=`: exactly 32 lowercase hex digits.
+    pub machine_id: Option<&'a str>,
+    /// `X_SYSTEMD_HOSTNAME=`: 1 to 64 bytes of UTF-8 without control characters.
+    pub hostname: Option<&'a str>,
+    /// `X_SYSTEMD_UNIT_ACTIVE=`: a unit name (see [`is_valid_unit_name`]).
+    pub unit_active: Option<&'a str>,
+    /// `X_SYSTEMD_UNIT_INACTIVE=`: a unit name (see [`is_valid_unit_name`]).
+    pub unit_inactive: Option<&'a str>,
+    /// `X_SYSTEMD_SHUTDOWN=`: `reboot`, `poweroff`, `halt`, `kexec` or `exit` from systemd 257;
+    /// any 1 to 64 printable ASCII characters are accepted.
+    pub shutdown: Option<&'a str>,
+    /// `X_SYSTEMD_REBOOT_PARAMETER=`: up to 255 bytes of UTF-8 without control characters.
+    pub reboot_parameter: Option<&'a str>,
+    /// Known keys whose first value was invalid (or, for flags, a line such as `READY=0`), and
+    /// so had no effect.
+    pub ignored: KeySet,
+}
+
+impl<'a> Message<'a> {
+    /// The datagram's bytes, without the one trailing NUL that [`parse`] tolerates.
+    pub const fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+
+    /// The non-empty lines of the datagram, in order, exactly as sent (see [`lines`]).
+    pub fn lines(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        lines(self.payload)
+    }
+
+    /// Whether the datagram had no lines at all (a 0-byte message is an empty list).
+    pub fn is_empty(&self) -> bool {
+        self.lines().next().is_none()
+    }
+}
+
+/// Splits `payload` like `strv_split_newlines()` (`src/basic/strv.c`): separators are `\n` and
+/// `\r`, runs of them collapse, so empty lines and CRLF vanish. Spaces and quotes are kept, and so
+/// are backslashes: unlike PID 1 (which strips them), notifyhub keeps every byte, like
+/// systemd-vmspawn (`../shared/protocol.md` §3).
+pub fn lines(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
+    payload
+        .split(|&b| b == b'\n' || b == b'\r')
+        .filter(|line| !line.is_empty())
+}
+
+/// Splits a line at its first `=` into key and value; `None` for a line without `=`
+/// (systemd ignores such a line; notifyhub keeps it as data).
+pub fn split_assignment(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = line.iter().position(|&b| b == b'=')?;
+    Some((&line[..eq], &line[eq + 1..]))
+}
+
+/// Parses one datagram as systemd's receivers do (`../shared/protocol.md` §3).
+///
+/// # Errors
+/// [`ParseError::TooLarge`] above [`MAX_DATAGRAM_LEN`] bytes; [`ParseError::EmbeddedNul`] for a
+/// NUL byte anywhere but the very end. Nothing else fails: invalid values are listed in
+/// [`Message::ignored`], unknown keys and lines without `=` are kept in [`Message::lines`].
+pub fn parse(datagram: &[u8]) -> Result<Message<'_>, ParseError> {
+    if datagram.len() > MAX_DATAGRAM_LEN {
+        return Err(ParseError::TooLarge {
+            len: datagram.len(),
+        });
+    }
+    let payload = match datagram.split_last() {
+        Some((0, rest)) => rest,
+        _ => datagram,
+    };
+    if let Some(offset) = payload.iter().position(|&b| b == 0) {
+        return Err(ParseError::EmbeddedNul { offset });
+    }
+    let mut message = Message {
+        payload,
+        ..Message::default()
+    };
+    // Value keys whose first occurrence has been seen: later ones are ignored (first wins).
+    let mut seen = KeySet::EMPTY;
+    // Flags set by some line, and flag keys with a line that set nothing (`READY=0`).
+    let mut flags_set = KeySet::EMPTY;
+    let mut flags_ignored = KeySet::EMPTY;
+    for line in lines(payload) {
+        let Some((name, value)) = split_assignment(line) else {
+            continue;
+        };
+        let Some(key) = Key::from_name(name) else {
+            continue;
+        };
+        if let Some(flag) = message.flag_mut(key) {
+            if key.flag_value().is_some_and(|set| value == set.as_bytes()) {
+                *flag = true;
+                flags_set.insert(key);
+            } else {
+                flags_ignored.insert(key);
+            }
+        } else if !seen.contains(key) {
+            seen.insert(key);
+            if !message.set_value(key, value) {
+                message.ignored.insert(key);
+            }
+        }
+    }
+    message.ignored.0 |= flags_ignored.0 & !flags_set.0;
+    Ok(message)
+}
+
+impl<'a> Message<'a> {
+    /// The field of a flag key; `None` for a value key.
+    fn flag_mut(&mut self, key: Key) -> Option<&mut bool> {
+        Some(match key {
+            Key::Ready => &mut self.ready,
+            Key::Reloading => &mut self.reloading,
+            Key::Stopping => &mut self.stopping,
+            Key::MainPidFd => &mut self.main_pid_fd,
+            Key::RestartReset => &mut self.restart_reset,
+            Key::FdStore => &mut self.fd_store,
+            Key::FdStoreRemove => &mut self.fd_store_remove,
+            Key::FdPoll => &mut self.fd_poll_disabled,
+            Key::Barrier => &mut self.barrier,
+            _ => return None,
+        })
+    }
+
+    /// Stores the value of a value key; `false` when the value is invalid.
+    fn set_value(&mut self, key: Key, value: &'a [u8]) -> bool {
+        fn set<T>(slot: &mut Option<T>, value: Option<T>) -> bool {
+            let valid = value.is_some();
+            *slot = value;
+            valid
+        }
+        match key {
+            Key::MonotonicUsec => set(&mut self.monotonic_usec, parse_u64(value)),
+            Key::Status => set(
+                &mut self.status,
+                str::from_utf8(value)
+                    .ok()
+                    .filter(|s| s.len() <= MAX_STATUS_LEN),
+            ),
+            Key::NotifyAccess => set(
+                &mut self.notify_access,
+                match value {
+                    b"none" => Some(NotifyAccess::None),
+                    b"main" => Some(NotifyAccess::Main),
+                    b"exec" => Some(NotifyAccess::Exec),
+                    b"all" => Some(NotifyAccess::All),
+                    _ => None,
+                },
+            ),
+            Key::Errno => set(
+                &mut self.errno,
+                parse_u64(value)
+                    .filter(|&n| n <= 4095)
+                    .and_then(|n| u16::try_from(n).ok()),
+            ),
+            Key::BusError => set(&mut self.bus_error, error_name(value)),
+            Key::VarlinkError => set(&mut self.varlink_error, error_name(value)),
+            Key::ExitStatus => set(
+                &mut self.exit_status,
+                parse_u64(value).and_then(|n| u8::try_from(n).ok()),
+            ),
+            Key::MainPid => set(
+                &mut self.main_pid,
+                parse_u64(value)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|&pid| pid > 0),
+            ),
+            Key::MainPidFdId => set(&mut self.main_pid_fd_id, parse_u64(value)),
+            Key::Watchdog => set(
+                &mut self.watchdog,
+                match value {
+                    b"1" => Some(Watchdog::Ping),
+                    b"trigger" => Some(Watchdog::Trigger),
+                    _ => None,
+                },
+            ),
+            Key::WatchdogUsec => set(&mut self.watchdog_usec, parse_u64(value)),
+            Key::ExtendTimeoutUsec => set(&mut self.extend_timeout_usec, parse_u64(value)),
+            Key::FdName => set(
+                &mut self.fd_name,
+                ascii(value)
+                    .filter(|s| s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') && !s.contains(':')),
+            ),
+            Key::SignalsLevel => set(
+                &mut self.signals_level,
+                parse_u64(value).and_then(|n| u32::try_from(n).ok()),
+            ),
+            Key::MachineId => set(
+                &mut self.machine_id,
+                ascii(value).filter(|s| {
+                    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                }),
+            ),
+            Key::Hostname => set(&mut self.hostname, text(value, 64).filter(|s| !s.is_empty())),
+            Key::UnitActive => set(
+                &mut self.unit_active,
+                ascii(value).filter(|s| is_valid_unit_name(s)),
+            ),
+            Key::UnitInactive => set(
+                &mut self.unit_inactive,
+                ascii(value).filter(|s| is_valid_unit_name(s)),
+            ),
+            Key::Shutdown => set(
+                &mut self.shutdown,
+                ascii(value).filter(|s| {
+                    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+                }),
+            ),
+            Key::RebootParameter => set(&mut self.reboot_parameter, text(value, 255)),
+            // Flags are set through `flag_mut`.
+            _ => false,
+        }
+    }
+}
+
+/// An unsigned decimal that fits in u64: digits only, no sign, no spaces (`safe_atou64()`
+/// rejects a `-`; notifyhub also rejects the leading spaces `strtoull()` would skip).
+fn parse_u64(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 20 {
+        return None;
+    }
+    value.iter().try_fold(0u64, |acc, &b| {
+        let digit = u64::from(b.checked_sub(b'0').filter(|d| *d < 10)?);
+        acc.checked_mul(10)?.checked_add(digit)
+    })
+}
+
+fn ascii(value: &[u8]) -> Option<&str> {
+    if value.is_ascii() {
+        str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
+/// UTF-8 of at most `max` bytes without control characters.
+fn text(value: &[u8], max: usize) -> Option<&str> {
+    str::from_utf8(value)
+        .ok()
+        .filter(|s| s.len() <= max && !s.chars().any(char::is_control))
+}
+
+/// A D-Bus or Varlink error name: 1 to 255 printable ASCII characters without spaces.
+fn error_name(value: &[u8]) -> Option<&str> {
+    ascii(value)
+        .filter(|s| (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()))
+}
+
+/// Whether `name` is a plausible unit name: 2 to 255 bytes of `[A-Za-z0-9:_.\\@-]` with a `.`
+/// before a suffix, not starting with `.` (after `unit_name_is_valid()`, `src/basic/unit-name.c`,
+/// which allows the same characters and length). Used to keep guest-supplied unit names sane.
+pub fn is_valid_unit_name(name: &str) -> bool {
+    let valid_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'\\' | b'@' | b'-'));
+    (2..=255).contains(&name.len())
+        && valid_chars
+        && !name.starts_with('.')
+        && name.rfind('.').is_some_and(|dot| dot + 1 < name.len())
+}
