@@ -196,6 +196,13 @@ impl Key {
     }
 }
 
+#[cfg(feature = "serde")]
+impl serde::Serialize for KeySet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter().map(Key::name))
+    }
+}
+
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -218,6 +225,12 @@ impl KeySet {
     /// Whether the set is empty.
     pub const fn is_empty(self) -> bool {
         self.0 == 0
+    }
+
+    #[cfg(feature = "serde")]
+    #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+    fn is_none(&self) -> bool {
+        self.is_empty()
     }
 
     /// Adds `key`.
@@ -261,72 +274,108 @@ pub enum NotifyAccess {
 /// message decides (`strv_find_startswith()` in `service_notify_message()`); when that value is
 /// invalid the key is listed in [`Message::ignored`] and left unset, and the message's other keys
 /// still apply. Flags are whole lines (`READY=1`; ` READY=1` or `READY=true` set nothing).
+///
+/// With the `serde` feature it serialises as an object of the keys that were set, named in
+/// snake case after their fields (`"ready": true`, `"status": "…"`, `"unit_active": "…"`), plus
+/// `"ignored"`: the wire names of ignored keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Message<'a> {
+    #[cfg_attr(feature = "serde", serde(skip))]
     payload: &'a [u8],
     /// `READY=1`
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "core::ops::Not::not"))]
     pub ready: bool,
     /// `RELOADING=1`
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "core::ops::Not::not"))]
     pub reloading: bool,
     /// `STOPPING=1`
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "core::ops::Not::not"))]
     pub stopping: bool,
     /// `MONOTONIC_USEC=`, µs of CLOCK_MONOTONIC in the guest.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub monotonic_usec: Option<u64>,
     /// `STATUS=`: `Some("")` clears the status. Ignored unless valid UTF-8 of at most
     /// [`MAX_STATUS_LEN`] bytes (`service.c`).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub status: Option<&'a str>,
     /// `NOTIFYACCESS=`
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub notify_access: Option<NotifyAccess>,
     /// `ERRNO=`: decimal, 0 to 4095 (`parse_errno()`, `src/basic/parse-util.c`).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub errno: Option<u16>,
     /// `BUSERROR=`: 1 to 255 printable ASCII characters, no spaces.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub bus_error: Option<&'a str>,
     /// `VARLINKERROR=`: 1 to 255 printable ASCII characters, no spaces.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub varlink_error: Option<&'a str>,
     /// `EXIT_STATUS=`: decimal, 0 to 255.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub exit_status: Option<u8>,
     /// `MAINPID=`: decimal, greater than 0.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub main_pid: Option<u32>,
     /// `MAINPIDFDID=`: decimal u64.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub main_pid_fd_id: Option<u64>,
     /// `MAINPIDFD=1`
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "core::ops::Not::not"))]
     pub main_pid_fd: bool,
     /// `WATCHDOG=1` or `WATCHDOG=trigger`.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub watchdog: Option<Watchdog>,
     /// `WATCHDOG_USEC=`, µs.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub watchdog_usec: Option<u64>,
     /// `EXTEND_TIMEOUT_USEC=`, µs.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub extend_timeout_usec: Option<u64>,
     /// `RESTART_RESET=1`
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "core::ops::Not::not"))]
     pub restart_reset: bool,
     /// `FDSTORE=1`
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "core::ops::Not::not"))]
     pub fd_store: bool,
     /// `FDSTOREREMOVE=1`
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "core::ops::Not::not"))]
     pub fd_store_remove: bool,
     /// `FDNAME=`: 0 to 255 printable ASCII characters, no `:` (`fdname_is_valid()`).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub fd_name: Option<&'a str>,
     /// `FDPOLL=0`
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "core::ops::Not::not"))]
     pub fd_poll_disabled: bool,
     /// `BARRIER=1`
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "core::ops::Not::not"))]
     pub barrier: bool,
     /// `X_SYSTEMD_SIGNALS_LEVEL=`: decimal u32 (only 2 is defined, any level is accepted).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub signals_level: Option<u32>,
     /// `X_SYSTEMD_MACHINE_ID=`: exactly 32 lowercase hex digits.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub machine_id: Option<&'a str>,
     /// `X_SYSTEMD_HOSTNAME=`: 1 to 64 bytes of UTF-8 without control characters.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub hostname: Option<&'a str>,
     /// `X_SYSTEMD_UNIT_ACTIVE=`: a unit name (see [`is_valid_unit_name`]).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub unit_active: Option<&'a str>,
     /// `X_SYSTEMD_UNIT_INACTIVE=`: a unit name (see [`is_valid_unit_name`]).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub unit_inactive: Option<&'a str>,
     /// `X_SYSTEMD_SHUTDOWN=`: `reboot`, `poweroff`, `halt`, `kexec` or `exit` from systemd 257;
     /// any 1 to 64 printable ASCII characters are accepted.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub shutdown: Option<&'a str>,
     /// `X_SYSTEMD_REBOOT_PARAMETER=`: up to 255 bytes of UTF-8 without control characters.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub reboot_parameter: Option<&'a str>,
     /// Known keys whose first value was invalid (or, for flags, a line such as `READY=0`), and
     /// so had no effect.
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "KeySet::is_none"))]
     pub ignored: KeySet,
 }
 
