@@ -83,7 +83,9 @@ impl fmt::Display for Phase {
 
 /// A string that names no [`Phase`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown phase {0:?}, expected one of registered, booting, ready, reloading, stopping, off, failed")]
+#[error(
+    "unknown phase {0:?}, expected one of registered, booting, ready, reloading, stopping, off, failed"
+)]
 pub struct UnknownPhase(pub String);
 
 impl FromStr for Phase {
@@ -99,7 +101,11 @@ impl FromStr for Phase {
 
 /// Why a datagram, or part of one, was not taken. Counted per guest in [`Drops`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(rename_all = "snake_case"))]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 #[non_exhaustive]
 pub enum DropReason {
     /// The datagram was longer than 4096 bytes ([`ParseError::TooLarge`], or MSG_TRUNC).
@@ -313,7 +319,9 @@ pub struct Snapshot {
 impl Snapshot {
     /// Whether `unit` is active now.
     pub fn is_active(&self, unit: &str) -> bool {
-        self.active_units.binary_search_by(|u| u.as_str().cmp(unit)).is_ok()
+        self.active_units
+            .binary_search_by(|u| u.as_str().cmp(unit))
+            .is_ok()
     }
 
     /// Whether the guest finished booting: `READY=1` in this boot and `multi-user.target` or
@@ -468,12 +476,22 @@ impl Guest {
         if let Some(hostname) = message.hostname {
             self.boot.hostname_seen = true;
             self.hostname = Some(hostname.to_string());
-            self.push(now, Event::Hostname { hostname: hostname.to_string() });
+            self.push(
+                now,
+                Event::Hostname {
+                    hostname: hostname.to_string(),
+                },
+            );
         }
         if let Some(machine_id) = message.machine_id {
             self.boot.machine_id_seen = true;
             self.machine_id = Some(machine_id.to_string());
-            self.push(now, Event::MachineId { machine_id: machine_id.to_string() });
+            self.push(
+                now,
+                Event::MachineId {
+                    machine_id: machine_id.to_string(),
+                },
+            );
         }
         if let Some(level) = message.signals_level {
             self.boot.signals_level = Some(level);
@@ -481,11 +499,11 @@ impl Guest {
         if let Some(pid) = message.main_pid {
             self.boot.main_pid = Some(pid);
         }
-        if let Some(errno) = message.errno {
-            if self.boot.errno != Some(errno) {
-                self.boot.errno = Some(errno);
-                self.push(now, Event::Errno { errno });
-            }
+        if let Some(errno) = message.errno
+            && self.boot.errno != Some(errno)
+        {
+            self.boot.errno = Some(errno);
+            self.push(now, Event::Errno { errno });
         }
         if let Some(name) = message.bus_error {
             self.boot.bus_error = Some(name.to_string());
@@ -503,10 +521,15 @@ impl Guest {
                 self.push(now, Event::StatusChanged { status });
             }
         }
-        if let Some(unit) = message.unit_inactive {
-            if self.boot.active_units.remove(unit) {
-                self.push(now, Event::UnitInactive { unit: unit.to_string() });
-            }
+        if let Some(unit) = message.unit_inactive
+            && self.boot.active_units.remove(unit)
+        {
+            self.push(
+                now,
+                Event::UnitInactive {
+                    unit: unit.to_string(),
+                },
+            );
         }
         if let Some(unit) = message.unit_active {
             self.unit_active(now, unit);
@@ -543,7 +566,12 @@ impl Guest {
     fn unit_active(&mut self, now: Timestamp, unit: &str) {
         if unit == SOFT_REBOOT_TARGET {
             // The same PID 1 boots again without X_SYSTEMD_SHUTDOWN (`systemctl soft-reboot`).
-            self.push(now, Event::UnitActive { unit: unit.to_string() });
+            self.push(
+                now,
+                Event::UnitActive {
+                    unit: unit.to_string(),
+                },
+            );
             self.update_phase(now);
             self.start_boot(now);
             return;
@@ -562,13 +590,23 @@ impl Guest {
         if FAILED_BOOT_TARGETS.contains(&unit) {
             self.boot.failed = true;
         }
-        self.push(now, Event::UnitActive { unit: unit.to_string() });
+        self.push(
+            now,
+            Event::UnitActive {
+                unit: unit.to_string(),
+            },
+        );
     }
 
     fn start_boot(&mut self, now: Timestamp) {
         self.boot_count = self.boot_count.saturating_add(1);
         self.boot = Boot::default();
-        self.push(now, Event::BootStarted { boot: self.boot_count });
+        self.push(
+            now,
+            Event::BootStarted {
+                boot: self.boot_count,
+            },
+        );
     }
 
     fn derive_phase(&self) -> Phase {

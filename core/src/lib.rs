@@ -52,8 +52,8 @@ mod time;
 mod wait;
 
 pub use guest::{
-    DropReason, Drops, Event, Guest, MAX_ACTIVE_UNITS, MAX_PENDING_EVENTS, MAX_TIMELINE,
-    Milestone, Phase, Shutdown, Snapshot, UnknownPhase,
+    DropReason, Drops, Event, Guest, MAX_ACTIVE_UNITS, MAX_PENDING_EVENTS, MAX_TIMELINE, Milestone,
+    Phase, Shutdown, Snapshot, UnknownPhase,
 };
 pub use message::{
     Key, KeySet, MAX_DATAGRAM_LEN, MAX_STATUS_LEN, Message, NotifyAccess, ParseError, Watchdog,

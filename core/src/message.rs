@@ -171,7 +171,9 @@ impl Key {
 
     /// The key named `name` (case-sensitive, as systemd compares), or `None` for other keys.
     pub fn from_name(name: &[u8]) -> Option<Self> {
-        Self::ALL.into_iter().find(|key| key.name().as_bytes() == name)
+        Self::ALL
+            .into_iter()
+            .find(|key| key.name().as_bytes() == name)
     }
 
     /// For a flag key, the one value that sets it (`READY=1`, `FDPOLL=0`, …): systemd matches
@@ -246,7 +248,11 @@ impl KeySet {
 
 /// `WATCHDOG=` values (`sd_notify(3)`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(rename_all = "snake_case"))]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum Watchdog {
     /// `WATCHDOG=1`: keep-alive ping.
     Ping,
@@ -256,7 +262,11 @@ pub enum Watchdog {
 
 /// `NOTIFYACCESS=` values (`sd_notify(3)`, v254).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(rename_all = "snake_case"))]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum NotifyAccess {
     /// `none`
     None,
@@ -539,8 +549,11 @@ impl<'a> Message<'a> {
             Key::ExtendTimeoutUsec => set(&mut self.extend_timeout_usec, parse_u64(value)),
             Key::FdName => set(
                 &mut self.fd_name,
-                ascii(value)
-                    .filter(|s| s.len() <= 255 && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') && !s.contains(':')),
+                ascii(value).filter(|s| {
+                    s.len() <= 255
+                        && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+                        && !s.contains(':')
+                }),
             ),
             Key::SignalsLevel => set(
                 &mut self.signals_level,
@@ -552,7 +565,10 @@ impl<'a> Message<'a> {
                     s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
                 }),
             ),
-            Key::Hostname => set(&mut self.hostname, text(value, 64).filter(|s| !s.is_empty())),
+            Key::Hostname => set(
+                &mut self.hostname,
+                text(value, 64).filter(|s| !s.is_empty()),
+            ),
             Key::UnitActive => set(
                 &mut self.unit_active,
                 ascii(value).filter(|s| is_valid_unit_name(s)),
@@ -603,17 +619,16 @@ fn text(value: &[u8], max: usize) -> Option<&str> {
 
 /// A D-Bus or Varlink error name: 1 to 255 printable ASCII characters without spaces.
 fn error_name(value: &[u8]) -> Option<&str> {
-    ascii(value)
-        .filter(|s| (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()))
+    ascii(value).filter(|s| (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()))
 }
 
 /// Whether `name` is a plausible unit name: 2 to 255 bytes of `[A-Za-z0-9:_.\\@-]` with a `.`
 /// before a suffix, not starting with `.` (after `unit_name_is_valid()`, `src/basic/unit-name.c`,
 /// which allows the same characters and length). Used to keep guest-supplied unit names sane.
 pub fn is_valid_unit_name(name: &str) -> bool {
-    let valid_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'\\' | b'@' | b'-'));
+    let valid_chars = name.bytes().all(|b| {
+        b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'\\' | b'@' | b'-')
+    });
     (2..=255).contains(&name.len())
         && valid_chars
         && !name.starts_with('.')

@@ -5,7 +5,11 @@
 /// The core never reads a clock (it must run unchanged on wasm32, where `std::time::Instant`
 /// panics, and on replays of logs): every entry point takes `now: Timestamp` from its caller.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(transparent))]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(transparent)
+)]
 pub struct Timestamp(u64);
 
 impl Timestamp {

@@ -1,0 +1,269 @@
+//! The state machine's rules on built sequences, on a simulated clock.
+
+use notifyhub_core::{
+    Drops, Event, Guest, MAX_ACTIVE_UNITS, MAX_PENDING_EVENTS, MAX_TIMELINE, Phase, Sender,
+    Timestamp,
+};
+
+/// A guest fed `datagrams` 1 ms apart; returns it with the events drained.
+fn fed(datagrams: &[&[u8]]) -> (Guest, Vec<Event>) {
+    let mut guest = Guest::new("g", Timestamp::ZERO);
+    let mut events = Vec::new();
+    feed(&mut guest, datagrams, &mut events);
+    (guest, events)
+}
+
+fn feed(guest: &mut Guest, datagrams: &[&[u8]], events: &mut Vec<Event>) {
+    for datagram in datagrams {
+        let now = guest
+            .snapshot()
+            .last_seen
+            .unwrap_or_default()
+            .saturating_add_micros(1_000);
+        let _ = guest.handle_datagram(now, Sender::Unknown, datagram);
+        while let Some(event) = guest.poll_event() {
+            events.push(event);
+        }
+    }
+}
+
+fn phases(events: &[Event]) -> Vec<Phase> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::PhaseChanged { to, .. } => Some(*to),
+            _ => None,
+        })
+        .collect()
+}
+
+const BOOT: &[&[u8]] = &[
+    b"X_SYSTEMD_HOSTNAME=probe-guest",
+    b"X_SYSTEMD_MACHINE_ID=5e1f0b7a2c3d4e5f60718293a4b5c6d7",
+    b"X_SYSTEMD_SIGNALS_LEVEL=2",
+    b"X_SYSTEMD_UNIT_ACTIVE=multi-user.target",
+    b"READY=1\nSTATUS=Ready.",
+];
+
+#[test]
+fn registered_until_the_first_message() {
+    let guest = Guest::new("g", Timestamp::from_micros(5));
+    let snapshot = guest.snapshot();
+    assert_eq!(
+        (snapshot.phase, snapshot.boot_count),
+        (Phase::Registered, 0)
+    );
+    assert_eq!(snapshot.registered_at, Timestamp::from_micros(5));
+    assert_eq!(snapshot.first_seen, None);
+    let (guest, events) = fed(&[b"X_SYSTEMD_SIGNALS_LEVEL=2"]);
+    assert_eq!(events[0], Event::BootStarted { boot: 1 });
+    assert_eq!(guest.phase(), Phase::Booting);
+}
+
+// service.c: STOPPING=1 beats READY=1, which beats RELOADING=1, within one message.
+#[test]
+fn flag_precedence_within_one_message() {
+    let table: &[(&[u8], Phase)] = &[
+        (b"READY=1\nSTOPPING=1", Phase::Stopping),
+        (b"RELOADING=1\nREADY=1", Phase::Ready),
+        (b"RELOADING=1\nSTOPPING=1\nREADY=1", Phase::Stopping),
+        (b"RELOADING=1", Phase::Reloading),
+    ];
+    for (datagram, phase) in table {
+        assert_eq!(
+            fed(&[datagram]).0.phase(),
+            *phase,
+            "{:?}",
+            String::from_utf8_lossy(datagram)
+        );
+    }
+}
+
+// ../shared/protocol.md §3: after STOPPING=1 nothing revives the service (final since v259).
+#[test]
+fn stopping_is_final_for_the_boot() {
+    let (guest, _) = fed(&[b"READY=1", b"STOPPING=1", b"READY=1", b"RELOADING=1"]);
+    let snapshot = guest.snapshot();
+    assert_eq!((snapshot.phase, snapshot.boot_count), (Phase::Stopping, 1));
+}
+
+#[test]
+fn shutdown_target_means_stopping() {
+    let mut datagrams = BOOT.to_vec();
+    datagrams.push(b"X_SYSTEMD_UNIT_ACTIVE=shutdown.target");
+    assert_eq!(fed(&datagrams).0.phase(), Phase::Stopping);
+}
+
+// Soft-reboot: soft-reboot.target becomes active, then the same PID 1 boots again without
+// X_SYSTEMD_SHUTDOWN; the boot count grows and the targets start afresh.
+#[test]
+fn soft_reboot_starts_a_new_boot() {
+    let mut datagrams = BOOT.to_vec();
+    datagrams.extend_from_slice(&[
+        b"X_SYSTEMD_UNIT_INACTIVE=multi-user.target",
+        b"X_SYSTEMD_UNIT_ACTIVE=soft-reboot.target",
+        b"RELOADING=1\nMONOTONIC_USEC=1",
+        b"X_SYSTEMD_UNIT_ACTIVE=sysinit.target",
+    ]);
+    let (guest, events) = fed(&datagrams);
+    let snapshot = guest.snapshot();
+    assert_eq!(snapshot.boot_count, 2);
+    assert_eq!(snapshot.active_units, ["sysinit.target"]);
+    assert_eq!(snapshot.phase, Phase::Reloading);
+    assert!(!snapshot.ready_seen);
+    assert!(events.contains(&Event::BootStarted { boot: 2 }));
+    datagrams.push(b"READY=1");
+    let (guest, _) = fed(&datagrams);
+    assert_eq!(
+        (guest.phase(), guest.snapshot().boot_count),
+        (Phase::Ready, 2)
+    );
+}
+
+#[test]
+fn a_message_after_off_starts_a_new_boot() {
+    let mut datagrams = BOOT.to_vec();
+    datagrams.push(b"EXIT_STATUS=0\nX_SYSTEMD_SHUTDOWN=reboot");
+    datagrams.extend_from_slice(BOOT);
+    let (guest, events) = fed(&datagrams);
+    let snapshot = guest.snapshot();
+    assert_eq!((snapshot.phase, snapshot.boot_count), (Phase::Ready, 2));
+    assert_eq!(snapshot.shutdown, None, "the new boot has not ended");
+    assert_eq!(snapshot.exit_status, None);
+    assert_eq!(
+        phases(&events),
+        [
+            Phase::Booting,
+            Phase::Ready,
+            Phase::Off,
+            Phase::Booting,
+            Phase::Ready
+        ]
+    );
+}
+
+// A VM reset gives no final message: PID 1's hostname arriving a second time means a new boot.
+#[test]
+fn hostname_again_without_shutdown_starts_a_new_boot() {
+    let datagrams = [BOOT, BOOT].concat();
+    let (guest, _) = fed(&datagrams);
+    assert_eq!(guest.snapshot().boot_count, 2);
+    // The exit status of the lost boot is unknown, not 0.
+    assert_eq!(guest.snapshot().exit_status, None);
+}
+
+#[test]
+fn status_is_set_replaced_and_cleared() {
+    let (guest, events) = fed(&[b"STATUS=one", b"STATUS=one", b"STATUS=two", b"STATUS="]);
+    assert_eq!(guest.snapshot().status, None);
+    let statuses: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StatusChanged { status } => Some(status.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(statuses, [Some("one".into()), Some("two".into()), None]);
+}
+
+#[test]
+fn invalid_status_leaves_the_status_while_ready_applies() {
+    let (guest, _) = fed(&[b"STATUS=kept", b"STATUS=\xff\nREADY=1"]);
+    let snapshot = guest.snapshot();
+    assert_eq!(
+        (snapshot.phase, snapshot.status.as_deref()),
+        (Phase::Ready, Some("kept"))
+    );
+}
+
+#[test]
+fn rejected_datagrams_are_counted_and_change_nothing_else() {
+    let big = vec![b'x'; 4097];
+    let (guest, events) = fed(&[b"READY=1", &big, b"STATUS=a\0b"]);
+    let snapshot = guest.snapshot();
+    assert_eq!(
+        snapshot.drops,
+        Drops {
+            oversize: 1,
+            embedded_nul: 1,
+            ..Drops::default()
+        }
+    );
+    assert_eq!((snapshot.messages, snapshot.phase), (1, Phase::Ready));
+    assert_eq!(phases(&events), [Phase::Ready]);
+}
+
+#[test]
+fn active_units_are_bounded() {
+    let names: Vec<String> = (0..MAX_ACTIVE_UNITS + 10)
+        .map(|i| format!("X_SYSTEMD_UNIT_ACTIVE=u{i}.target"))
+        .collect();
+    let datagrams: Vec<&[u8]> = names.iter().map(|s| s.as_bytes()).collect();
+    let (guest, _) = fed(&datagrams);
+    let snapshot = guest.snapshot();
+    assert_eq!(snapshot.active_units.len(), MAX_ACTIVE_UNITS);
+    assert_eq!(snapshot.drops.units_over_limit, 10);
+    assert!(
+        snapshot.active_units.windows(2).all(|w| w[0] < w[1]),
+        "sorted"
+    );
+}
+
+#[test]
+fn timeline_and_pending_events_are_bounded() {
+    let names: Vec<String> = (0..2 * MAX_PENDING_EVENTS)
+        .map(|i| {
+            format!(
+                "X_SYSTEMD_UNIT_{}=u.target",
+                if i % 2 == 0 { "ACTIVE" } else { "INACTIVE" }
+            )
+        })
+        .collect();
+    let mut guest = Guest::new("g", Timestamp::ZERO);
+    for (i, name) in names.iter().enumerate() {
+        guest
+            .handle_datagram(
+                Timestamp::from_micros(i as u64),
+                Sender::Unknown,
+                name.as_bytes(),
+            )
+            .unwrap();
+    }
+    assert_eq!(guest.timeline().len(), MAX_TIMELINE);
+    let mut pending = 0;
+    while guest.poll_event().is_some() {
+        pending += 1;
+    }
+    assert_eq!(pending, MAX_PENDING_EVENTS);
+    // The newest milestone is the last message's.
+    let last = guest.timeline().last().unwrap();
+    assert_eq!(last.at, Timestamp::from_micros(names.len() as u64 - 1));
+    assert_eq!(
+        last.event,
+        Event::UnitInactive {
+            unit: "u.target".into()
+        }
+    );
+}
+
+#[test]
+fn timeline_records_milestones_with_their_boot() {
+    let mut datagrams = BOOT.to_vec();
+    datagrams.push(b"EXIT_STATUS=0\nX_SYSTEMD_SHUTDOWN=poweroff");
+    datagrams.push(b"X_SYSTEMD_HOSTNAME=second");
+    let (guest, _) = fed(&datagrams);
+    let timeline: Vec<_> = guest.timeline().collect();
+    assert_eq!(timeline[0].event, Event::BootStarted { boot: 1 });
+    assert!(
+        timeline
+            .iter()
+            .any(|m| m.boot == 1 && matches!(m.event, Event::Shutdown { .. }))
+    );
+    let second = timeline
+        .iter()
+        .position(|m| m.event == Event::BootStarted { boot: 2 })
+        .unwrap();
+    assert!(timeline[second..].iter().all(|m| m.boot == 2));
+    assert!(timeline.windows(2).all(|w| w[0].at <= w[1].at));
+    assert_eq!(guest.snapshot().hostname.as_deref(), Some("second"));
+}
