@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::str::FromStr;
 
-use crate::message::{Message, ParseError, parse};
+use crate::message::{Message, ParseError, Watchdog, parse};
 use crate::sender::Sender;
 use crate::time::Timestamp;
 
@@ -235,6 +235,18 @@ pub enum Event {
         /// `EXIT_STATUS=` sent with it, if any.
         exit_status: Option<u8>,
     },
+    /// A watchdog deadline passed without `WATCHDOG=1`, or the guest sent `WATCHDOG=trigger`
+    /// (`sd_notify(3)`). Reported once per missed deadline.
+    WatchdogMissed {
+        /// The deadline that passed (the time of the trigger for `WATCHDOG=trigger`).
+        deadline: Timestamp,
+    },
+    /// No `READY=1` came within the readiness timeout of the boot's first message
+    /// ([`Guest::set_ready_timeout`]). Reported once per boot.
+    ReadyTimedOut {
+        /// The deadline that passed.
+        deadline: Timestamp,
+    },
     /// `ERRNO=` changed.
     Errno {
         /// The errno.
@@ -314,6 +326,17 @@ pub struct Snapshot {
     pub last_seen: Option<Timestamp>,
     /// Who sent the last message.
     pub last_sender: Option<Sender>,
+    /// `WATCHDOG_USEC=` of this boot, µs; `None` or 0 when the guest has no watchdog.
+    pub watchdog_usec: Option<u64>,
+    /// When the next `WATCHDOG=1` is due: the last ping plus `watchdog_usec`. `None` until both
+    /// a `WATCHDOG_USEC=` and a first `WATCHDOG=1` arrived.
+    pub watchdog_deadline: Option<Timestamp>,
+    /// Whether the watchdog deadline passed (or `WATCHDOG=trigger` came) since the last ping.
+    pub watchdog_expired: bool,
+    /// When this boot must have sent `READY=1`, if a readiness timeout is set.
+    pub ready_deadline: Option<Timestamp>,
+    /// Whether this boot missed its readiness deadline (it may still become ready later).
+    pub ready_timed_out: bool,
 }
 
 impl Snapshot {
@@ -350,6 +373,18 @@ struct Boot {
     varlink_error: Option<String>,
     exit_status: Option<u8>,
     shutdown: Option<Shutdown>,
+    started: Option<Timestamp>,
+    watchdog_usec: Option<u64>,
+    watchdog_last_ping: Option<Timestamp>,
+    watchdog_expired: bool,
+    ready_timed_out: bool,
+}
+
+impl Boot {
+    fn watchdog_deadline(&self) -> Option<Timestamp> {
+        let usec = self.watchdog_usec.filter(|&usec| usec > 0)?;
+        Some(self.watchdog_last_ping?.saturating_add_micros(usec))
+    }
 }
 
 /// The state machine of one guest. Sans-IO: it never reads a clock or touches a socket.
@@ -357,8 +392,10 @@ struct Boot {
 /// # Driving it
 /// After every input, [`Guest::handle_message`], [`Guest::handle_datagram`] or
 /// [`Guest::record_drop`], drain [`Guest::poll_event`] until it returns `None`; the events say
-/// what changed, in order. [`Guest::snapshot`] gives the whole state at any time. Undrained
-/// events are kept up to [`MAX_PENDING_EVENTS`], the oldest discarded first.
+/// what changed, in order. Then ask [`Guest::poll_timeout`] when to call
+/// [`Guest::handle_timeout`] (watchdog and readiness deadlines) and drain again after it.
+/// [`Guest::snapshot`] gives the whole state at any time. Undrained events are kept up to
+/// [`MAX_PENDING_EVENTS`], the oldest discarded first.
 ///
 /// ```
 /// use notifyhub_core::{Event, Guest, Phase, Sender, Timestamp};
@@ -392,6 +429,7 @@ pub struct Guest {
     phase: Phase,
     timeline: VecDeque<Milestone>,
     events: VecDeque<Event>,
+    ready_timeout_usec: Option<u64>,
 }
 
 impl Guest {
@@ -412,6 +450,7 @@ impl Guest {
             phase: Phase::Registered,
             timeline: VecDeque::new(),
             events: VecDeque::new(),
+            ready_timeout_usec: None,
         }
     }
 
@@ -546,6 +585,23 @@ impl Guest {
             self.boot.reloading = true;
         }
 
+        if let Some(usec) = message.watchdog_usec {
+            // WATCHDOG_USEC= restarts the interval from now (`service.c`).
+            self.boot.watchdog_usec = Some(usec);
+            if self.boot.watchdog_last_ping.is_some() {
+                self.boot.watchdog_last_ping = Some(now);
+            }
+            self.boot.watchdog_expired = false;
+        }
+        match message.watchdog {
+            Some(Watchdog::Ping) => {
+                self.boot.watchdog_last_ping = Some(now);
+                self.boot.watchdog_expired = false;
+            }
+            Some(Watchdog::Trigger) => self.watchdog_missed(now, now),
+            None => {}
+        }
+
         if let Some(verb) = message.shutdown {
             let shutdown = Shutdown {
                 verb: verb.to_string(),
@@ -598,9 +654,75 @@ impl Guest {
         );
     }
 
+    fn watchdog_missed(&mut self, now: Timestamp, deadline: Timestamp) {
+        if !self.boot.watchdog_expired {
+            self.boot.watchdog_expired = true;
+            self.push(now, Event::WatchdogMissed { deadline });
+        }
+    }
+
+    /// Sets how long a boot may take from its first message to `READY=1`, in µs (`None`: no
+    /// limit, the default). A boot that misses it gets [`Event::ReadyTimedOut`] once, through
+    /// [`Guest::handle_timeout`]; it stays `booting` and may still become ready.
+    pub fn set_ready_timeout(&mut self, timeout_usec: Option<u64>) {
+        self.ready_timeout_usec = timeout_usec;
+    }
+
+    fn ready_deadline(&self) -> Option<Timestamp> {
+        Some(
+            self.boot
+                .started?
+                .saturating_add_micros(self.ready_timeout_usec?),
+        )
+    }
+
+    /// When the driver must call [`Guest::handle_timeout`] next: the earliest pending watchdog
+    /// or readiness deadline; `None` when nothing is pending. Ask again after every input.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        if matches!(self.phase, Phase::Off | Phase::Stopping | Phase::Registered) {
+            return None;
+        }
+        let watchdog = self
+            .boot
+            .watchdog_deadline()
+            .filter(|_| !self.boot.watchdog_expired);
+        let ready = self
+            .ready_deadline()
+            .filter(|_| !self.boot.ready && !self.boot.ready_timed_out);
+        match (watchdog, ready) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fires every deadline at or before `now` (see [`Guest::poll_timeout`]); then drain
+    /// [`Guest::poll_event`]. Calling it early or twice does nothing.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        if matches!(self.phase, Phase::Off | Phase::Stopping | Phase::Registered) {
+            return;
+        }
+        if let Some(deadline) = self.boot.watchdog_deadline()
+            && deadline <= now
+        {
+            self.watchdog_missed(now, deadline);
+        }
+        if let Some(deadline) = self.ready_deadline()
+            && deadline <= now
+            && !self.boot.ready
+            && !self.boot.ready_timed_out
+        {
+            self.boot.ready_timed_out = true;
+            self.push(now, Event::ReadyTimedOut { deadline });
+        }
+    }
+
     fn start_boot(&mut self, now: Timestamp) {
         self.boot_count = self.boot_count.saturating_add(1);
-        self.boot = Boot::default();
+        self.boot = Boot {
+            started: Some(now),
+            ..Boot::default()
+        };
         self.push(
             now,
             Event::BootStarted {
@@ -690,6 +812,11 @@ impl Guest {
             first_seen: self.first_seen,
             last_seen: self.last_seen,
             last_sender: self.last_sender,
+            watchdog_usec: boot.watchdog_usec,
+            watchdog_deadline: boot.watchdog_deadline(),
+            watchdog_expired: boot.watchdog_expired,
+            ready_deadline: self.ready_deadline(),
+            ready_timed_out: boot.ready_timed_out,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! This crate owns the protocol: what the bytes of an sd_notify datagram mean
 //! ([`parse`], [`Message`]), how a guest's messages fold into its state ([`Guest`], [`Phase`],
 //! [`Snapshot`]), and the policies built on that state (what a client may wait for, [`Wait`];
-//! what a guest may be named, [`validate_guest_name`]). It has no networking code and never
+//! what a guest may be named, [`validate_guest_name`]; what a `$NOTIFY_SOCKET` may say,
+//! [`NotifyAddress`]). It has no networking code and never
 //! reads a clock: the driver (a transport, a log replay, the browser) passes the bytes, who sent
 //! them ([`Sender`]) and the time ([`Timestamp`], µs). It builds for `wasm32` and `no_std` + alloc
 //! (disable the default `std` feature); the `serde` feature derives `Serialize` for the outputs.
@@ -44,6 +45,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+mod address;
 mod guest;
 mod message;
 mod name;
@@ -51,6 +53,9 @@ mod sender;
 mod time;
 mod wait;
 
+pub use address::{
+    AddressError, MAX_UNIX_ADDRESS_LEN, NotifyAddress, VMADDR_CID_ANY, VMADDR_PORT_ANY, VsockType,
+};
 pub use guest::{
     DropReason, Drops, Event, Guest, MAX_ACTIVE_UNITS, MAX_PENDING_EVENTS, MAX_TIMELINE, Milestone,
     Phase, Shutdown, Snapshot, UnknownPhase,

@@ -267,3 +267,89 @@ fn timeline_records_milestones_with_their_boot() {
     assert!(timeline.windows(2).all(|w| w[0].at <= w[1].at));
     assert_eq!(guest.snapshot().hostname.as_deref(), Some("second"));
 }
+
+fn at(guest: &mut Guest, us: u64, datagram: &[u8]) -> Vec<Event> {
+    guest
+        .handle_datagram(Timestamp::from_micros(us), Sender::Unknown, datagram)
+        .unwrap();
+    std::iter::from_fn(|| guest.poll_event()).collect()
+}
+
+fn timeout(guest: &mut Guest, us: u64) -> Vec<Event> {
+    guest.handle_timeout(Timestamp::from_micros(us));
+    std::iter::from_fn(|| guest.poll_event()).collect()
+}
+
+// sd_notify(3): WATCHDOG_USEC= sets the interval, WATCHDOG=1 pings, WATCHDOG=trigger fires at once.
+#[test]
+fn watchdog_deadline_is_polled_and_missed_once() {
+    let mut guest = Guest::new("g", Timestamp::ZERO);
+    at(&mut guest, 0, b"READY=1\nWATCHDOG_USEC=1000000");
+    assert_eq!(guest.poll_timeout(), None, "armed only by a first ping");
+    at(&mut guest, 100, b"WATCHDOG=1");
+    assert_eq!(
+        guest.poll_timeout(),
+        Some(Timestamp::from_micros(1_000_100))
+    );
+    assert!(timeout(&mut guest, 1_000_099).is_empty(), "early: nothing");
+    let deadline = Timestamp::from_micros(1_000_100);
+    assert_eq!(
+        timeout(&mut guest, 1_000_100),
+        [Event::WatchdogMissed { deadline }]
+    );
+    assert!(timeout(&mut guest, 2_000_000).is_empty(), "reported once");
+    assert_eq!(guest.poll_timeout(), None);
+    assert!(guest.snapshot().watchdog_expired);
+    at(&mut guest, 2_500_000, b"WATCHDOG=1");
+    let snapshot = guest.snapshot();
+    assert!(!snapshot.watchdog_expired);
+    assert_eq!(
+        snapshot.watchdog_deadline,
+        Some(Timestamp::from_micros(3_500_000))
+    );
+    let triggered = at(&mut guest, 2_600_000, b"WATCHDOG=trigger");
+    assert_eq!(
+        triggered,
+        [Event::WatchdogMissed {
+            deadline: Timestamp::from_micros(2_600_000)
+        }]
+    );
+    // WATCHDOG_USEC=0 disables it.
+    at(&mut guest, 2_700_000, b"WATCHDOG_USEC=0\nWATCHDOG=1");
+    assert_eq!(guest.poll_timeout(), None);
+    assert_eq!(guest.snapshot().watchdog_deadline, None);
+}
+
+#[test]
+fn readiness_timeout_names_the_boot_that_never_became_ready() {
+    let mut guest = Guest::new("g", Timestamp::ZERO);
+    guest.set_ready_timeout(Some(90_000_000));
+    assert_eq!(guest.poll_timeout(), None, "no boot yet");
+    at(&mut guest, 10, b"X_SYSTEMD_HOSTNAME=h");
+    let deadline = Timestamp::from_micros(90_000_010);
+    assert_eq!(guest.poll_timeout(), Some(deadline));
+    assert_eq!(
+        timeout(&mut guest, 90_000_010),
+        [Event::ReadyTimedOut { deadline }]
+    );
+    let snapshot = guest.snapshot();
+    assert!(snapshot.ready_timed_out);
+    assert_eq!(
+        (snapshot.phase, snapshot.ready_deadline),
+        (Phase::Booting, Some(deadline))
+    );
+    assert!(timeout(&mut guest, 99_000_000).is_empty(), "once per boot");
+    // It may still become ready; a new boot gets a new deadline.
+    at(&mut guest, 95_000_000, b"READY=1");
+    assert_eq!(guest.phase(), Phase::Ready);
+    at(&mut guest, 96_000_000, b"X_SYSTEMD_HOSTNAME=h");
+    assert_eq!(guest.snapshot().boot_count, 2);
+    assert!(!guest.snapshot().ready_timed_out);
+    assert_eq!(
+        guest.poll_timeout(),
+        Some(Timestamp::from_micros(186_000_000))
+    );
+    // A ready boot has nothing pending.
+    at(&mut guest, 97_000_000, b"READY=1");
+    assert_eq!(guest.poll_timeout(), None);
+}
