@@ -46,6 +46,7 @@ extern crate alloc;
 extern crate std;
 
 mod address;
+mod compose;
 mod guest;
 mod message;
 mod name;
@@ -56,6 +57,7 @@ mod wait;
 pub use address::{
     AddressError, MAX_UNIX_ADDRESS_LEN, NotifyAddress, VMADDR_CID_ANY, VMADDR_PORT_ANY, VsockType,
 };
+pub use compose::{ComposeError, compose};
 pub use guest::{
     DropReason, Drops, Event, Guest, MAX_ACTIVE_UNITS, MAX_PENDING_EVENTS, MAX_TIMELINE, Milestone,
     Phase, Shutdown, Snapshot, UnknownPhase,

@@ -277,3 +277,29 @@ fn serialises_set_fields_only() {
         serde_json::json!({"ready": true, "status": "x", "ignored": ["ERRNO"]})
     );
 }
+
+// What we send must parse back to the same lines (`systemd-notify` joins arguments with \n).
+#[test]
+fn composed_messages_parse_back() {
+    use notifyhub_core::{ComposeError, compose};
+    let message = compose(["READY=1", "STATUS=Ready: 3 of 3", "X_CUSTOM=a=b"]).unwrap();
+    assert_eq!(message, "READY=1\nSTATUS=Ready: 3 of 3\nX_CUSTOM=a=b");
+    let parsed = ok(message.as_bytes());
+    assert!(parsed.ready);
+    assert_eq!(parsed.status, Some("Ready: 3 of 3"));
+    assert_eq!(compose([]), Err(ComposeError::Empty));
+    assert_eq!(
+        compose(["READY"]),
+        Err(ComposeError::NotAnAssignment("READY".into()))
+    );
+    assert_eq!(
+        compose(["=1"]),
+        Err(ComposeError::NotAnAssignment("=1".into()))
+    );
+    assert_eq!(
+        compose(["STATUS=x\nREADY=1"]),
+        Err(ComposeError::Separator("STATUS=x\nREADY=1".into()))
+    );
+    let big = format!("STATUS={}", "x".repeat(4090));
+    assert_eq!(compose([big.as_str()]), Err(ComposeError::TooLarge(4097)));
+}
