@@ -7,6 +7,10 @@
 //! own receiver, `notify_recv_with_fds()` in `src/shared/notify-recv.c`: a buffer of
 //! `NOTIFY_BUFFER_MAX` = 4096 bytes ([`MAX_DATAGRAM_LEN`]), a longer datagram is dropped whole,
 //! and a datagram whose ancillary data did not fit is dropped with its fds closed.
+//!
+//! [`send`] is the other side, for tools and tests: it sends like `sd_pid_notify_with_fds()`.
+
+pub mod send;
 
 use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
