@@ -36,9 +36,9 @@ pub fn compose<'a>(assignments: impl IntoIterator<Item = &'a str>) -> Result<Str
         if assignment.contains(['\n', '\r', '\0']) {
             return Err(ComposeError::Separator(assignment.into()));
         }
-        if !assignment
+        if assignment
             .split_once('=')
-            .is_some_and(|(key, _)| !key.is_empty())
+            .is_none_or(|(key, _)| key.is_empty())
         {
             return Err(ComposeError::NotAnAssignment(assignment.into()));
         }
