@@ -171,9 +171,40 @@ impl Key {
 
     /// The key named `name` (case-sensitive, as systemd compares), or `None` for other keys.
     pub fn from_name(name: &[u8]) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|key| key.name().as_bytes() == name)
+        // A match on byte strings compiles to a length switch and a few compares: this runs for
+        // every line of every datagram.
+        Some(match name {
+            b"READY" => Self::Ready,
+            b"RELOADING" => Self::Reloading,
+            b"STOPPING" => Self::Stopping,
+            b"MONOTONIC_USEC" => Self::MonotonicUsec,
+            b"STATUS" => Self::Status,
+            b"NOTIFYACCESS" => Self::NotifyAccess,
+            b"ERRNO" => Self::Errno,
+            b"BUSERROR" => Self::BusError,
+            b"VARLINKERROR" => Self::VarlinkError,
+            b"EXIT_STATUS" => Self::ExitStatus,
+            b"MAINPID" => Self::MainPid,
+            b"MAINPIDFDID" => Self::MainPidFdId,
+            b"MAINPIDFD" => Self::MainPidFd,
+            b"WATCHDOG" => Self::Watchdog,
+            b"WATCHDOG_USEC" => Self::WatchdogUsec,
+            b"EXTEND_TIMEOUT_USEC" => Self::ExtendTimeoutUsec,
+            b"RESTART_RESET" => Self::RestartReset,
+            b"FDSTORE" => Self::FdStore,
+            b"FDSTOREREMOVE" => Self::FdStoreRemove,
+            b"FDNAME" => Self::FdName,
+            b"FDPOLL" => Self::FdPoll,
+            b"BARRIER" => Self::Barrier,
+            b"X_SYSTEMD_SIGNALS_LEVEL" => Self::SignalsLevel,
+            b"X_SYSTEMD_MACHINE_ID" => Self::MachineId,
+            b"X_SYSTEMD_HOSTNAME" => Self::Hostname,
+            b"X_SYSTEMD_UNIT_ACTIVE" => Self::UnitActive,
+            b"X_SYSTEMD_UNIT_INACTIVE" => Self::UnitInactive,
+            b"X_SYSTEMD_SHUTDOWN" => Self::Shutdown,
+            b"X_SYSTEMD_REBOOT_PARAMETER" => Self::RebootParameter,
+            _ => return None,
+        })
     }
 
     /// For a flag key, the one value that sets it (`READY=1`, `FDPOLL=0`, …): systemd matches
@@ -411,15 +442,26 @@ impl<'a> Message<'a> {
 /// are backslashes: unlike PID 1 (which strips them), notifyhub keeps every byte, like
 /// systemd-vmspawn (`../shared/protocol.md` §3).
 pub fn lines(payload: &[u8]) -> impl Iterator<Item = &[u8]> {
-    payload
-        .split(|&b| b == b'\n' || b == b'\r')
-        .filter(|line| !line.is_empty())
+    let mut rest = payload;
+    core::iter::from_fn(move || {
+        loop {
+            if rest.is_empty() {
+                return None;
+            }
+            let end = memchr::memchr2(b'\n', b'\r', rest).unwrap_or(rest.len());
+            let line = &rest[..end];
+            rest = rest.get(end + 1..).unwrap_or_default();
+            if !line.is_empty() {
+                return Some(line);
+            }
+        }
+    })
 }
 
 /// Splits a line at its first `=` into key and value; `None` for a line without `=`
 /// (systemd ignores such a line; notifyhub keeps it as data).
 pub fn split_assignment(line: &[u8]) -> Option<(&[u8], &[u8])> {
-    let eq = line.iter().position(|&b| b == b'=')?;
+    let eq = memchr::memchr(b'=', line)?;
     Some((&line[..eq], &line[eq + 1..]))
 }
 
@@ -439,7 +481,7 @@ pub fn parse(datagram: &[u8]) -> Result<Message<'_>, ParseError> {
         Some((0, rest)) => rest,
         _ => datagram,
     };
-    if let Some(offset) = payload.iter().position(|&b| b == 0) {
+    if let Some(offset) = memchr::memchr(0, payload) {
         return Err(ParseError::EmbeddedNul { offset });
     }
     let mut message = Message {
