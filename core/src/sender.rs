@@ -34,9 +34,25 @@ pub enum Sender {
         /// The peer's context ID.
         cid: u32,
         /// The peer's source port: below 1024 means the sender was root in the guest
-        /// (`sd_notify(3)`, Notes; systemd binds ports 1023 downwards when it can).
-        port: u32,
+        /// (`sd_notify(3)`, Notes; systemd binds ports 1023 downwards when it can). `None` when
+        /// the transport cannot see it: hybrid vsock bridges (Firecracker, cloud-hypervisor,
+        /// `vhost-device-vsock`) hand the host a UNIX stream without the guest's port.
+        port: Option<u32>,
     },
     /// The origin is not known (a replayed log that did not record it).
     Unknown,
+}
+
+impl Sender {
+    /// Whether the sender was root in the guest, where the transport can tell: a vsock source
+    /// port below 1024 (`sd_notify(3)`, Notes). `None` for unix senders (their uid tells) and
+    /// for unknown ports.
+    pub fn privileged_port(&self) -> Option<bool> {
+        match self {
+            Self::Vsock {
+                port: Some(port), ..
+            } => Some(*port < 1024),
+            _ => None,
+        }
+    }
 }
