@@ -1,1 +1,75 @@
-//! placeholder
+//! The web side of notifyhub: the hub's state store, its HTTP face, and the `notifyhub` binary.
+//!
+//! This crate owns everything between the transports and the user. Data flows one way: a
+//! guest's notify socket ([`registry`], on `notifyhub-transport-unix`) hands each datagram to the
+//! [`store`], which folds it with `notifyhub-core` and publishes the result; the [`api`] (REST,
+//! long-polls, Server-Sent Events) and the [`pages`] (HTML dashboard) only read the store.
+//! No protocol logic lives here: parsing, guest state, wait conditions and name rules are
+//! `notifyhub-core`'s.
+//!
+//! [`server::Server`] puts it together for the binary; [`router`] is the HTTP side alone.
+
+pub mod api;
+pub mod clock;
+pub mod pages;
+pub mod registry;
+pub mod server;
+pub mod store;
+
+use axum::Router;
+use axum::extract::FromRef;
+use axum::http::{HeaderValue, header};
+use tokio_util::sync::CancellationToken;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::registry::Registry;
+use crate::store::Hub;
+
+/// What the HTTP handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The state store.
+    pub hub: Hub,
+    /// Registers and removes guests (`POST` and `DELETE /api/v1/guests`).
+    pub registry: Registry,
+    /// Cancelled when the hub shuts down: ends every SSE stream and long-poll, without which a
+    /// graceful shutdown would wait for them forever.
+    pub shutdown: CancellationToken,
+}
+
+impl FromRef<AppState> for Hub {
+    fn from_ref(state: &AppState) -> Self {
+        state.hub.clone()
+    }
+}
+
+impl FromRef<AppState> for Registry {
+    fn from_ref(state: &AppState) -> Self {
+        state.registry.clone()
+    }
+}
+
+/// The content security policy of every response: only this origin's script, styles and
+/// connections, no inline script, no framing.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; \
+     frame-ancestors 'none'";
+
+/// The whole HTTP application: `/api/v1/…`, the pages and their static assets.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .nest("/api/v1", api::router())
+        .merge(pages::router())
+        .fallback(pages::not_found)
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

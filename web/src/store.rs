@@ -1,0 +1,932 @@
+//! The state store: every guest's state, its message history, and the hub-wide event log.
+//!
+//! Data flows one way: a transport hands each datagram to [`Hub::ingest`] (and each due
+//! deadline to [`Hub::handle_timeout`]), which feeds it to the guest's [`Guest`] state machine,
+//! drains the guest's events into the event log and publishes the new [`Snapshot`]. The web handlers only read: views ([`Hub::guest`], [`Hub::guests`],
+//! [`Hub::history`]), long-polls ([`Hub::wait`]) and event feeds ([`Hub::subscribe`]).
+//!
+//! All state sits behind one `std::sync::Mutex`. Every method that takes it is synchronous and
+//! short, so the lock is never held across an `.await`; waiting happens on the `watch` and
+//! `broadcast` channels the store hands out.
+
+use std::collections::{BTreeMap, VecDeque, btree_map};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use notifyhub_core::{
+    DropReason, Event, Guest, Milestone, ParseError, Sender, Snapshot, Timestamp, Wait,
+    WaitCondition, WaitOutcome,
+};
+use serde::{Serialize, Serializer};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+/// How much the store keeps. [`Limits::default`] is what the hub uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Accepted messages kept per guest; older ones are forgotten (and counted).
+    pub history: usize,
+    /// Hub events kept for `Last-Event-ID` resumes.
+    pub event_log: usize,
+    /// Hub events buffered per live subscriber before it lags and gets a [`Resync`].
+    pub live: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            history: 4096,
+            event_log: 8192,
+            live: 1024,
+        }
+    }
+}
+
+/// The state store. Cheap to clone: all clones share one store.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    limits: Limits,
+}
+
+#[derive(Debug)]
+struct State {
+    guests: BTreeMap<String, Entry>,
+    log: EventLog,
+}
+
+#[derive(Debug)]
+struct Entry {
+    guest: Guest,
+    notify_socket: Arc<str>,
+    /// Accepted messages, oldest first; `history.back().seq == accepted`.
+    history: VecDeque<Arc<Record>>,
+    /// Messages accepted so far, which is also the `seq` of the last one.
+    accepted: u64,
+    /// Dropping it (with the entry) tells every waiter the guest is gone.
+    snapshot: watch::Sender<Arc<Snapshot>>,
+}
+
+/// The hub-wide log of [`HubEvent`]s: ids, a ring for resumes, and the live channel.
+#[derive(Debug)]
+struct EventLog {
+    last_id: u64,
+    ring: VecDeque<Arc<HubEvent>>,
+    capacity: usize,
+    live: broadcast::Sender<Arc<HubEvent>>,
+}
+
+/// A guest's state without its timeline: the SSE `snapshot`, and what a [`Resync`] carries.
+///
+/// Serialised as the fields of [`Snapshot`] plus `notify_socket`.
+#[derive(Clone, Debug, Serialize)]
+pub struct GuestSummary {
+    /// The guest's state.
+    #[serde(flatten)]
+    pub snapshot: Arc<Snapshot>,
+    /// The absolute path of the guest's notify socket, the value of its `$NOTIFY_SOCKET`.
+    pub notify_socket: Arc<str>,
+}
+
+/// A guest as `GET /api/v1/guests/{name}` shows it: [`GuestSummary`] plus the boot timeline.
+#[derive(Clone, Debug, Serialize)]
+pub struct GuestDetail {
+    /// The state and socket path.
+    #[serde(flatten)]
+    pub summary: GuestSummary,
+    /// The boot timeline, oldest first (at most [`notifyhub_core::MAX_TIMELINE`] entries).
+    pub timeline: Vec<Milestone>,
+}
+
+impl GuestDetail {
+    /// The guest's state.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.summary.snapshot
+    }
+}
+
+/// Every guest at one moment, and the id of the last event that moment includes.
+#[derive(Clone, Debug)]
+pub struct Overview {
+    /// The newest hub event id (0 before the first event).
+    pub last_event_id: u64,
+    /// All guests, sorted by name.
+    pub guests: Vec<GuestDetail>,
+}
+
+/// One accepted datagram, as received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Its number among the guest's accepted messages, from 1.
+    pub seq: u64,
+    /// When it was received.
+    pub received_at: Timestamp,
+    /// Who sent it.
+    pub sender: Sender,
+    /// How many file descriptors came with it (all closed after it was ingested).
+    pub fds: usize,
+    /// The datagram's bytes, exactly.
+    pub bytes: Box<[u8]>,
+}
+
+/// A guest's recent messages.
+#[derive(Clone, Debug)]
+pub struct History {
+    /// The kept messages, oldest first.
+    pub records: Vec<Arc<Record>>,
+    /// How many older messages were accepted but are no longer kept.
+    pub forgotten: u64,
+}
+
+/// What a [`HubEvent`] reports about its guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The guest was registered.
+    Registered,
+    /// The guest's state machine reported a change.
+    Guest(Event),
+    /// The guest was removed; the event's snapshot is its last state.
+    Removed,
+}
+
+impl Change {
+    /// The SSE event name: `registered`, `guest` or `removed`.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Registered => "registered",
+            Self::Guest(_) => "guest",
+            Self::Removed => "removed",
+        }
+    }
+}
+
+/// A guest's [`Event`] as is (`{"type": "phase_changed", …}`); `{"type": "registered"}` and
+/// `{"type": "removed"}` for the hub's own changes.
+impl Serialize for Change {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Lifecycle {
+            r#type: &'static str,
+        }
+        match self {
+            Self::Guest(event) => event.serialize(serializer),
+            Self::Registered | Self::Removed => Lifecycle {
+                r#type: self.name(),
+            }
+            .serialize(serializer),
+        }
+    }
+}
+
+/// One entry of the hub-wide event log: a change of one guest.
+#[derive(Clone, Debug, Serialize)]
+pub struct HubEvent {
+    /// Hub-wide, from 1, increasing by one per event.
+    pub id: u64,
+    /// The guest's name.
+    pub guest: String,
+    /// What changed.
+    pub event: Change,
+    /// The guest's state after the datagram (or registration, or removal) that caused the event.
+    /// Events caused by one datagram share it.
+    pub snapshot: GuestSummary,
+}
+
+/// Sent to a subscriber instead of events it cannot have: the state of every guest it follows.
+#[derive(Clone, Debug, Serialize)]
+pub struct Resync {
+    /// The id of the last event this state includes; the feed goes on after it.
+    #[serde(skip)]
+    pub id: u64,
+    /// The guests followed, sorted by name.
+    pub guests: Vec<GuestSummary>,
+}
+
+/// What a [`Feed`] yields.
+#[derive(Clone, Debug)]
+pub enum FeedItem {
+    /// Start over from this state: the events before it are not available.
+    Resync(Resync),
+    /// The next event.
+    Event(Arc<HubEvent>),
+}
+
+/// A subscriber's view of the event log, from [`Hub::subscribe`]: a replay of held events (or a
+/// [`Resync`]), then live events, each exactly once and in id order.
+#[derive(Debug)]
+pub struct Feed {
+    hub: Hub,
+    guest: Option<String>,
+    /// Items decided at subscription time, handed out before any live event.
+    backlog: VecDeque<FeedItem>,
+    live: broadcast::Receiver<Arc<HubEvent>>,
+    /// The id of the last event accounted for; live events up to it are duplicates.
+    after: u64,
+}
+
+impl Feed {
+    /// The next item. Cancel-safe. A subscriber that falls [`Limits::live`] events behind gets a
+    /// [`FeedItem::Resync`] instead of the events it missed, so a slow client costs bounded
+    /// memory.
+    pub async fn next(&mut self) -> FeedItem {
+        if let Some(item) = self.backlog.pop_front() {
+            return item;
+        }
+        loop {
+            match self.live.recv().await {
+                Ok(event) => {
+                    if event.id <= self.after || !self.follows(&event.guest) {
+                        continue;
+                    }
+                    self.after = event.id;
+                    return FeedItem::Event(event);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    let resync = self.hub.lock().resync(self.guest.as_deref());
+                    self.after = resync.id;
+                    return FeedItem::Resync(resync);
+                }
+                // The sender lives in the hub, which `self.hub` keeps alive.
+                Err(broadcast::error::RecvError::Closed) => {
+                    unreachable!("the hub's event channel closed while a feed holds the hub")
+                }
+            }
+        }
+    }
+
+    fn follows(&self, guest: &str) -> bool {
+        self.guest.as_deref().is_none_or(|name| name == guest)
+    }
+}
+
+/// How a [`Hub::wait`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// The condition holds.
+    Met,
+    /// The condition can no longer hold in this boot ([`WaitOutcome::Unreachable`]).
+    Unreachable,
+    /// The timeout passed first.
+    TimedOut,
+    /// The guest was removed.
+    Removed,
+    /// The cancellation token fired (the hub is shutting down).
+    Cancelled,
+}
+
+/// No guest has that name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no guest named {0:?}")]
+pub struct UnknownGuest(pub String);
+
+/// A guest of that name is already registered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("guest {0:?} is already registered")]
+pub struct AlreadyRegistered(pub String);
+
+/// Why [`Hub::ingest`] did not take a datagram.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// The guest is not registered (any more).
+    #[error(transparent)]
+    UnknownGuest(#[from] UnknownGuest),
+    /// The core rejected the datagram; it was counted in the guest's drops.
+    #[error("datagram dropped: {0}")]
+    Rejected(#[from] ParseError),
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    /// An empty store with the default [`Limits`].
+    pub fn new() -> Self {
+        Self::with_limits(Limits::default())
+    }
+
+    /// An empty store keeping what `limits` says.
+    ///
+    /// # Panics
+    /// If `limits.live` is 0 (a broadcast channel needs room for one event).
+    pub fn with_limits(limits: Limits) -> Self {
+        let (live, _) = broadcast::channel(limits.live);
+        let log = EventLog {
+            last_id: 0,
+            ring: VecDeque::new(),
+            capacity: limits.event_log,
+            live,
+        };
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    guests: BTreeMap::new(),
+                    log,
+                }),
+                limits,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while the lock is held except on bugs, and the state stays consistent
+        // between statements, so a poisoned lock is still usable.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Adds guest `name`, whose notify socket is at `notify_socket`, registered at `now`, and
+    /// logs a [`Change::Registered`] event. The name must have passed
+    /// [`notifyhub_core::validate_guest_name`].
+    ///
+    /// # Errors
+    /// [`AlreadyRegistered`] if the name is taken; nothing changes then.
+    pub fn register(
+        &self,
+        name: &str,
+        notify_socket: &str,
+        now: Timestamp,
+    ) -> Result<GuestDetail, AlreadyRegistered> {
+        let mut state = self.lock();
+        let State { guests, log } = &mut *state;
+        let btree_map::Entry::Vacant(slot) = guests.entry(name.to_owned()) else {
+            return Err(AlreadyRegistered(name.to_owned()));
+        };
+        let guest = Guest::new(name, now);
+        let (snapshot, _) = watch::channel(Arc::new(guest.snapshot()));
+        let entry = slot.insert(Entry {
+            guest,
+            notify_socket: notify_socket.into(),
+            history: VecDeque::new(),
+            accepted: 0,
+            snapshot,
+        });
+        log.emit(name, Change::Registered, entry.summary());
+        Ok(entry.detail())
+    }
+
+    /// Removes guest `name`: logs a [`Change::Removed`] event with its last state and ends its
+    /// waits with [`WaitEnd::Removed`]. Returns its last state, or `None` if it was unknown.
+    pub fn remove(&self, name: &str) -> Option<GuestSummary> {
+        let mut state = self.lock();
+        let entry = state.guests.remove(name)?;
+        let summary = entry.summary();
+        state.log.emit(name, Change::Removed, summary.clone());
+        Some(summary)
+    }
+
+    /// Feeds one datagram, received at `now` from `sender` with `fds` file descriptors, to guest
+    /// `name`: applies it, logs the events it caused, keeps it in the history if accepted, and
+    /// wakes the guest's waiters. Returns the message's `seq`.
+    ///
+    /// The caller closes the datagram's fds only after this returns: that releases a
+    /// `BARRIER=1` sender once everything before the barrier is in the store.
+    ///
+    /// # Errors
+    /// [`IngestError::UnknownGuest`]; [`IngestError::Rejected`] for a datagram the core refused,
+    /// which was counted in the guest's `drops`.
+    pub fn ingest(
+        &self,
+        name: &str,
+        now: Timestamp,
+        sender: Sender,
+        datagram: &[u8],
+        fds: usize,
+    ) -> Result<u64, IngestError> {
+        let history_limit = self.inner.limits.history;
+        let mut state = self.lock();
+        let State { guests, log } = &mut *state;
+        let entry = guests
+            .get_mut(name)
+            .ok_or_else(|| UnknownGuest(name.to_owned()))?;
+        let accepted = entry
+            .guest
+            .handle_datagram(now, sender, datagram)
+            .map(|()| {
+                entry.accepted += 1;
+                if entry.history.len() == history_limit {
+                    entry.history.pop_front();
+                }
+                entry.history.push_back(Arc::new(Record {
+                    seq: entry.accepted,
+                    received_at: now,
+                    sender,
+                    fds,
+                    bytes: datagram.into(),
+                }));
+                entry.accepted
+            });
+        entry.publish(name, log);
+        accepted.map_err(IngestError::from)
+    }
+
+    /// Counts a datagram for guest `name` that the transport dropped whole (e.g. longer than
+    /// 4096 bytes), and wakes its waiters.
+    ///
+    /// # Errors
+    /// [`UnknownGuest`].
+    pub fn record_drop(&self, name: &str, reason: DropReason) -> Result<(), UnknownGuest> {
+        self.update(name, |guest| guest.record_drop(reason))
+    }
+
+    /// Fires guest `name`'s deadlines (watchdog, readiness) that are due at `now`, logging the
+    /// events that causes. Call it at [`Hub::poll_timeout`]; early calls do nothing.
+    ///
+    /// # Errors
+    /// [`UnknownGuest`].
+    pub fn handle_timeout(&self, name: &str, now: Timestamp) -> Result<(), UnknownGuest> {
+        self.update(name, |guest| guest.handle_timeout(now))
+    }
+
+    /// When guest `name` next needs [`Hub::handle_timeout`]; `None` when no deadline is
+    /// pending. Ask again after every input.
+    ///
+    /// # Errors
+    /// [`UnknownGuest`].
+    pub fn poll_timeout(&self, name: &str) -> Result<Option<Timestamp>, UnknownGuest> {
+        let state = self.lock();
+        let entry = state
+            .guests
+            .get(name)
+            .ok_or_else(|| UnknownGuest(name.to_owned()))?;
+        Ok(entry.guest.poll_timeout())
+    }
+
+    /// Applies `input` to guest `name`'s state machine, then logs and publishes the result.
+    fn update(&self, name: &str, input: impl FnOnce(&mut Guest)) -> Result<(), UnknownGuest> {
+        let mut state = self.lock();
+        let State { guests, log } = &mut *state;
+        let entry = guests
+            .get_mut(name)
+            .ok_or_else(|| UnknownGuest(name.to_owned()))?;
+        input(&mut entry.guest);
+        entry.publish(name, log);
+        Ok(())
+    }
+
+    /// Guest `name` now, with its timeline.
+    pub fn guest(&self, name: &str) -> Option<GuestDetail> {
+        self.lock().guests.get(name).map(Entry::detail)
+    }
+
+    /// Every guest now, sorted by name, with the id of the last event included.
+    pub fn guests(&self) -> Overview {
+        let state = self.lock();
+        Overview {
+            last_event_id: state.log.last_id,
+            guests: state.guests.values().map(Entry::detail).collect(),
+        }
+    }
+
+    /// The newest hub event id (0 before the first event).
+    pub fn last_event_id(&self) -> u64 {
+        self.lock().log.last_id
+    }
+
+    /// Guest `name`'s kept messages.
+    pub fn history(&self, name: &str) -> Option<History> {
+        let state = self.lock();
+        let entry = state.guests.get(name)?;
+        Some(History {
+            records: entry.history.iter().cloned().collect(),
+            forgotten: entry.accepted - entry.history.len() as u64,
+        })
+    }
+
+    /// A receiver of guest `name`'s snapshots: it sees a change after every datagram and drop,
+    /// and its `changed()` fails once the guest is removed.
+    pub fn watch(&self, name: &str) -> Option<watch::Receiver<Arc<Snapshot>>> {
+        self.lock()
+            .guests
+            .get(name)
+            .map(|entry| entry.snapshot.subscribe())
+    }
+
+    /// How many receivers of guest `name`'s snapshots exist now: the long-polls waiting on it
+    /// (see [`Hub::watch`]). 0 for an unknown guest.
+    pub fn waiters(&self, name: &str) -> usize {
+        self.lock()
+            .guests
+            .get(name)
+            .map_or(0, |entry| entry.snapshot.receiver_count())
+    }
+
+    /// Waits until guest `name` meets `condition`, judged with [`Wait`] on its snapshot now and
+    /// after every change, for at most `timeout` (zero: judge once), or until `cancel` fires.
+    ///
+    /// Snapshots are judged as they are when the waiter runs: a state that passes between two
+    /// looks is not seen.
+    ///
+    /// # Errors
+    /// [`UnknownGuest`] at once.
+    pub async fn wait(
+        &self,
+        name: &str,
+        condition: WaitCondition,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<WaitEnd, UnknownGuest> {
+        let mut snapshots = self
+            .watch(name)
+            .ok_or_else(|| UnknownGuest(name.to_owned()))?;
+        let wait = Wait::new(condition, &snapshots.borrow_and_update());
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            match wait.check(&snapshots.borrow_and_update()) {
+                WaitOutcome::Met => return Ok(WaitEnd::Met),
+                WaitOutcome::Unreachable => return Ok(WaitEnd::Unreachable),
+                WaitOutcome::Pending => {}
+            }
+            // Biased, with the timeout before changes: a guest that never stops sending cannot
+            // keep a waiter past its timeout.
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Ok(WaitEnd::Cancelled),
+                () = &mut deadline => return Ok(WaitEnd::TimedOut),
+                changed = snapshots.changed() => {
+                    if changed.is_err() {
+                        return Ok(WaitEnd::Removed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Subscribes to the event log, following guest `guest` only or every guest.
+    ///
+    /// Without `last_event_id` the feed starts with the next event. With it, the feed first
+    /// replays the held events after that id; if some of those are no longer held, or the id is
+    /// newer than any event (it came from an earlier run of the hub), the feed starts with a
+    /// [`Resync`] instead.
+    pub fn subscribe(&self, guest: Option<&str>, last_event_id: Option<u64>) -> Feed {
+        let state = self.lock();
+        // Subscribed under the lock, which every emit holds: no event is missed or doubled
+        // between the backlog and the live channel.
+        let live = state.log.live.subscribe();
+        let mut backlog = VecDeque::new();
+        let mut after = state.log.last_id;
+        if let Some(last_seen) = last_event_id {
+            let oldest_held = state.log.ring.front().map_or(after + 1, |event| event.id);
+            if last_seen > after || last_seen + 1 < oldest_held {
+                let resync = state.resync(guest);
+                after = resync.id;
+                backlog.push_back(FeedItem::Resync(resync));
+            } else {
+                backlog.extend(
+                    state
+                        .log
+                        .ring
+                        .iter()
+                        .filter(|event| event.id > last_seen)
+                        .filter(|event| guest.is_none_or(|name| name == event.guest))
+                        .cloned()
+                        .map(FeedItem::Event),
+                );
+            }
+        }
+        Feed {
+            hub: self.clone(),
+            guest: guest.map(str::to_owned),
+            backlog,
+            live,
+            after,
+        }
+    }
+}
+
+impl State {
+    fn resync(&self, guest: Option<&str>) -> Resync {
+        Resync {
+            id: self.log.last_id,
+            guests: self
+                .guests
+                .iter()
+                .filter(|(name, _)| guest.is_none_or(|wanted| wanted == name.as_str()))
+                .map(|(_, entry)| entry.summary())
+                .collect(),
+        }
+    }
+}
+
+impl Entry {
+    fn summary(&self) -> GuestSummary {
+        GuestSummary {
+            snapshot: self.snapshot.borrow().clone(),
+            notify_socket: self.notify_socket.clone(),
+        }
+    }
+
+    fn detail(&self) -> GuestDetail {
+        GuestDetail {
+            summary: self.summary(),
+            timeline: self.guest.timeline().cloned().collect(),
+        }
+    }
+
+    /// After an input: drains the guest's events into `log`, each with the new state, and
+    /// wakes the guest's waiters.
+    fn publish(&mut self, name: &str, log: &mut EventLog) {
+        self.snapshot.send_replace(Arc::new(self.guest.snapshot()));
+        let summary = self.summary();
+        while let Some(event) = self.guest.poll_event() {
+            log.emit(name, Change::Guest(event), summary.clone());
+        }
+    }
+}
+
+impl EventLog {
+    fn emit(&mut self, guest: &str, event: Change, snapshot: GuestSummary) {
+        self.last_id += 1;
+        let event = Arc::new(HubEvent {
+            id: self.last_id,
+            guest: guest.to_owned(),
+            event,
+            snapshot,
+        });
+        if self.capacity > 0 {
+            if self.ring.len() == self.capacity {
+                self.ring.pop_front();
+            }
+            self.ring.push_back(event.clone());
+        }
+        // An error only means nobody listens right now.
+        let _ = self.live.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{FutureExt, poll};
+    use notifyhub_core::Phase;
+
+    use super::*;
+
+    fn at(seconds: u64) -> Timestamp {
+        Timestamp::from_micros(seconds * 1_000_000)
+    }
+
+    fn hub_with(names: &[&str], limits: Limits) -> Hub {
+        let hub = Hub::with_limits(limits);
+        for name in names {
+            let path = format!("/run/notifyhub/guests/{name}/notify");
+            hub.register(name, &path, at(0)).unwrap();
+        }
+        hub
+    }
+
+    fn send(hub: &Hub, name: &str, datagram: &[u8]) -> Result<u64, IngestError> {
+        hub.ingest(name, at(1), Sender::Unknown, datagram, 0)
+    }
+
+    /// The backlog, then whatever is live right now.
+    fn drain(feed: &mut Feed) -> Vec<FeedItem> {
+        std::iter::from_fn(|| feed.next().now_or_never()).collect()
+    }
+
+    fn ids(items: &[FeedItem]) -> Vec<u64> {
+        items
+            .iter()
+            .map(|item| match item {
+                FeedItem::Event(event) => event.id,
+                FeedItem::Resync(resync) => panic!("unexpected resync at {}", resync.id),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ingest_folds_messages_and_logs_events() {
+        let hub = hub_with(&["web1"], Limits::default());
+        let mut feed = hub.subscribe(None, None);
+        send(&hub, "web1", b"X_SYSTEMD_HOSTNAME=probe-guest").unwrap();
+        send(&hub, "web1", b"X_SYSTEMD_UNIT_ACTIVE=ssh-access.target").unwrap();
+        assert_eq!(send(&hub, "web1", b"READY=1\nSTATUS=Ready."), Ok(3));
+
+        let detail = hub.guest("web1").unwrap();
+        let snapshot = detail.snapshot();
+        assert_eq!(snapshot.phase, Phase::Ready);
+        assert_eq!(snapshot.hostname.as_deref(), Some("probe-guest"));
+        assert_eq!(snapshot.status.as_deref(), Some("Ready."));
+        assert!(snapshot.is_active("ssh-access.target"));
+        assert!(!detail.timeline.is_empty());
+
+        let items = drain(&mut feed);
+        let ids = ids(&items);
+        assert_eq!(
+            ids,
+            (2..2 + ids.len() as u64).collect::<Vec<_>>(),
+            "event 1 is the registration"
+        );
+        let FeedItem::Event(last) = items.last().unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(last.snapshot.snapshot.phase, Phase::Ready);
+    }
+
+    #[test]
+    fn rejected_datagram_is_counted_not_kept() {
+        let hub = hub_with(&["web1"], Limits::default());
+        send(&hub, "web1", b"READY=1").unwrap();
+        assert!(matches!(
+            send(&hub, "web1", b"STATUS=a\0b"),
+            Err(IngestError::Rejected(ParseError::EmbeddedNul { offset: 8 }))
+        ));
+        hub.record_drop("web1", DropReason::Oversize).unwrap();
+        let snapshot = hub.guest("web1").unwrap().summary.snapshot;
+        assert_eq!(snapshot.drops.embedded_nul, 1);
+        assert_eq!(snapshot.drops.oversize, 1);
+        let history = hub.history("web1").unwrap();
+        assert_eq!(history.records.len(), 1);
+        assert_eq!(&*history.records[0].bytes, b"READY=1");
+        assert_eq!(
+            send(&hub, "nobody", b"READY=1"),
+            Err(IngestError::UnknownGuest(UnknownGuest("nobody".into())))
+        );
+    }
+
+    #[test]
+    fn history_keeps_the_newest_and_counts_the_rest() {
+        let limits = Limits {
+            history: 3,
+            ..Limits::default()
+        };
+        let hub = hub_with(&["web1"], limits);
+        for i in 0..5 {
+            send(&hub, "web1", format!("X_N={i}").as_bytes()).unwrap();
+        }
+        let history = hub.history("web1").unwrap();
+        assert_eq!(history.forgotten, 2);
+        let seqs: Vec<u64> = history.records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, [3, 4, 5]);
+        assert_eq!(&*history.records[2].bytes, b"X_N=4");
+    }
+
+    #[test]
+    fn register_twice_is_refused_and_remove_is_logged() {
+        let hub = hub_with(&["web1"], Limits::default());
+        assert_eq!(
+            hub.register("web1", "/elsewhere", at(5)).unwrap_err(),
+            AlreadyRegistered("web1".into())
+        );
+        let mut feed = hub.subscribe(None, None);
+        assert!(hub.remove("web1").is_some());
+        assert!(hub.remove("web1").is_none());
+        let items = drain(&mut feed);
+        let [FeedItem::Event(event)] = items.as_slice() else {
+            panic!("{items:?}")
+        };
+        assert_eq!((event.id, &event.event), (2, &Change::Removed));
+        assert!(hub.guest("web1").is_none());
+    }
+
+    #[test]
+    fn resume_replays_exactly_the_missed_events_of_the_followed_guest() {
+        let hub = hub_with(&["a", "b"], Limits::default()); // events 1 and 2
+        send(&hub, "a", b"X_SYSTEMD_HOSTNAME=one").unwrap();
+        send(&hub, "b", b"X_SYSTEMD_HOSTNAME=two").unwrap();
+        send(&hub, "a", b"STATUS=hi").unwrap();
+        let all = drain(&mut hub.subscribe(None, Some(0)));
+        let all_ids = ids(&all);
+        assert_eq!(all_ids, (1..=hub.last_event_id()).collect::<Vec<_>>());
+        let of_a: Vec<u64> = all
+            .iter()
+            .filter_map(|item| match item {
+                FeedItem::Event(event) if event.guest == "a" && event.id > 2 => Some(event.id),
+                _ => None,
+            })
+            .collect();
+
+        assert_eq!(ids(&drain(&mut hub.subscribe(None, Some(4)))), all_ids[4..]);
+        assert_eq!(ids(&drain(&mut hub.subscribe(Some("a"), Some(2)))), of_a);
+        let last = hub.last_event_id();
+        assert_eq!(
+            ids(&drain(&mut hub.subscribe(None, Some(last)))),
+            [] as [u64; 0]
+        );
+
+        // Live events follow the replay without a gap or a duplicate.
+        let mut feed = hub.subscribe(Some("a"), Some(last - 1));
+        send(&hub, "a", b"STATUS=again").unwrap();
+        assert_eq!(ids(&drain(&mut feed)), [last, last + 1]);
+    }
+
+    #[test]
+    fn resume_from_a_forgotten_or_future_id_resyncs() {
+        let limits = Limits {
+            event_log: 2,
+            ..Limits::default()
+        };
+        let hub = hub_with(&["a", "b"], limits);
+        send(&hub, "a", b"STATUS=x").unwrap();
+        let last = hub.last_event_id();
+        assert!(last > 4, "registrations, boot, phase, status");
+        // The log holds the last two events: resuming after `last - 2` needs nothing else.
+        assert_eq!(
+            ids(&drain(&mut hub.subscribe(None, Some(last - 2)))),
+            [last - 1, last]
+        );
+        for last_seen in [0, last - 3, last + 1] {
+            let items = drain(&mut hub.subscribe(None, Some(last_seen)));
+            let [FeedItem::Resync(resync)] = items.as_slice() else {
+                panic!("{items:?}")
+            };
+            assert_eq!(resync.id, last);
+            assert_eq!(resync.guests.len(), 2);
+        }
+        let items = drain(&mut hub.subscribe(Some("b"), Some(0)));
+        let [FeedItem::Resync(resync)] = items.as_slice() else {
+            panic!("{items:?}")
+        };
+        assert_eq!(resync.guests.len(), 1);
+        assert_eq!(resync.guests[0].snapshot.name, "b");
+    }
+
+    #[test]
+    fn deadlines_fire_through_handle_timeout() {
+        let hub = hub_with(&["a"], Limits::default());
+        assert_eq!(hub.poll_timeout("a"), Ok(None));
+        send(&hub, "a", b"WATCHDOG_USEC=2000000\nWATCHDOG=1").unwrap(); // at 1 s
+        assert_eq!(hub.poll_timeout("a"), Ok(Some(at(3))));
+        let mut feed = hub.subscribe(None, None);
+        hub.handle_timeout("a", at(2)).unwrap();
+        assert!(drain(&mut feed).is_empty(), "not due yet");
+        hub.handle_timeout("a", at(3)).unwrap();
+        let items = drain(&mut feed);
+        let [FeedItem::Event(event)] = items.as_slice() else {
+            panic!("{items:?}")
+        };
+        assert_eq!(
+            event.event,
+            Change::Guest(Event::WatchdogMissed { deadline: at(3) })
+        );
+        assert!(event.snapshot.snapshot.watchdog_expired);
+        assert_eq!(hub.poll_timeout("a"), Ok(None));
+    }
+
+    #[test]
+    fn a_lagging_subscriber_gets_a_resync_then_only_newer_events() {
+        let limits = Limits {
+            live: 2,
+            ..Limits::default()
+        };
+        let hub = hub_with(&["a"], limits);
+        let mut feed = hub.subscribe(None, None);
+        for i in 0..5 {
+            send(&hub, "a", format!("STATUS={i}").as_bytes()).unwrap();
+        }
+        let items = drain(&mut feed);
+        let [FeedItem::Resync(resync)] = items.as_slice() else {
+            panic!("{items:?}")
+        };
+        assert_eq!(resync.id, hub.guests().last_event_id);
+        assert_eq!(resync.guests[0].snapshot.status.as_deref(), Some("4"));
+        send(&hub, "a", b"STATUS=5").unwrap();
+        assert_eq!(ids(&drain(&mut feed)), [resync.id + 1]);
+    }
+
+    #[tokio::test]
+    async fn wait_ends_on_met_unreachable_timeout_removal_and_cancel() {
+        let hub = hub_with(&["a"], Limits::default());
+        let never = CancellationToken::new();
+        let long = Duration::from_secs(60);
+        let wait = |condition: &str, timeout| {
+            let condition = condition.parse().unwrap();
+            Box::pin(hub.wait("a", condition, timeout, &never))
+        };
+
+        assert_eq!(wait("ready", Duration::ZERO).await, Ok(WaitEnd::TimedOut));
+
+        let mut ready = wait("ready", long);
+        let mut ssh = wait("unit:ssh-access.target", long);
+        assert!(poll!(&mut ready).is_pending());
+        assert!(poll!(&mut ssh).is_pending());
+        send(&hub, "a", b"READY=1").unwrap();
+        assert_eq!(ready.await, Ok(WaitEnd::Met));
+        assert!(poll!(&mut ssh).is_pending());
+        send(&hub, "a", b"X_SYSTEMD_UNIT_ACTIVE=emergency.target").unwrap();
+        assert_eq!(ssh.await, Ok(WaitEnd::Unreachable));
+
+        let mut off = wait("off", long);
+        assert!(poll!(&mut off).is_pending());
+        hub.remove("a");
+        assert_eq!(off.await, Ok(WaitEnd::Removed));
+        assert_eq!(wait("off", long).await, Err(UnknownGuest("a".into())));
+
+        let hub = hub_with(&["b"], Limits::default());
+        let cancel = CancellationToken::new();
+        let mut off = Box::pin(hub.wait("b", WaitCondition::Off, long, &cancel));
+        assert!(poll!(&mut off).is_pending());
+        cancel.cancel();
+        assert_eq!(off.await, Ok(WaitEnd::Cancelled));
+    }
+}
