@@ -193,8 +193,8 @@ pub enum Event {
     /// after `off`, or PID 1 sent its hostname or machine ID a second time (the guest restarted
     /// without a final message).
     BootStarted {
-        /// The new boot count, from 1.
-        boot: u32,
+        /// The new boot's number (the boot count), from 1.
+        number: u32,
     },
     /// The phase changed.
     PhaseChanged {
@@ -430,6 +430,8 @@ pub struct Guest {
     timeline: VecDeque<Milestone>,
     events: VecDeque<Event>,
     ready_timeout_usec: Option<u64>,
+    timeline_capacity: usize,
+    milestones_recorded: u64,
 }
 
 impl Guest {
@@ -451,6 +453,8 @@ impl Guest {
             timeline: VecDeque::new(),
             events: VecDeque::new(),
             ready_timeout_usec: None,
+            timeline_capacity: MAX_TIMELINE,
+            milestones_recorded: 0,
         }
     }
 
@@ -726,7 +730,7 @@ impl Guest {
         self.push(
             now,
             Event::BootStarted {
-                boot: self.boot_count,
+                number: self.boot_count,
             },
         );
     }
@@ -760,7 +764,8 @@ impl Guest {
 
     fn push(&mut self, now: Timestamp, event: Event) {
         if event.is_milestone() {
-            if self.timeline.len() == MAX_TIMELINE {
+            self.milestones_recorded = self.milestones_recorded.saturating_add(1);
+            if self.timeline.len() >= self.timeline_capacity {
                 self.timeline.pop_front();
             }
             self.timeline.push_back(Milestone {
@@ -781,9 +786,26 @@ impl Guest {
         self.events.pop_front()
     }
 
-    /// The boot timeline: milestones of the last [`MAX_TIMELINE`] events, oldest first.
+    /// The boot timeline: the last milestones (events but status changes), oldest first; at
+    /// most [`MAX_TIMELINE`] unless [`Guest::set_timeline_capacity`] said otherwise.
     pub fn timeline(&self) -> impl ExactSizeIterator<Item = &Milestone> + '_ {
         self.timeline.iter()
+    }
+
+    /// Keeps up to `capacity` milestones in the timeline (at least 1), forgetting the oldest
+    /// now if there are more. A log viewer replaying a long history wants more than a hub
+    /// holding thousands of guests.
+    pub fn set_timeline_capacity(&mut self, capacity: usize) {
+        self.timeline_capacity = capacity.max(1);
+        while self.timeline.len() > self.timeline_capacity {
+            self.timeline.pop_front();
+        }
+    }
+
+    /// How many milestones were recorded since the guest was created, including those the
+    /// timeline has forgotten.
+    pub const fn milestones_recorded(&self) -> u64 {
+        self.milestones_recorded
     }
 
     /// The whole state now.

@@ -56,7 +56,7 @@ fn registered_until_the_first_message() {
     assert_eq!(snapshot.registered_at, Timestamp::from_micros(5));
     assert_eq!(snapshot.first_seen, None);
     let (guest, events) = fed(&[b"X_SYSTEMD_SIGNALS_LEVEL=2"]);
-    assert_eq!(events[0], Event::BootStarted { boot: 1 });
+    assert_eq!(events[0], Event::BootStarted { number: 1 });
     assert_eq!(guest.phase(), Phase::Booting);
 }
 
@@ -111,7 +111,7 @@ fn soft_reboot_starts_a_new_boot() {
     assert_eq!(snapshot.active_units, ["sysinit.target"]);
     assert_eq!(snapshot.phase, Phase::Reloading);
     assert!(!snapshot.ready_seen);
-    assert!(events.contains(&Event::BootStarted { boot: 2 }));
+    assert!(events.contains(&Event::BootStarted { number: 2 }));
     datagrams.push(b"READY=1");
     let (guest, _) = fed(&datagrams);
     assert_eq!(
@@ -253,7 +253,7 @@ fn timeline_records_milestones_with_their_boot() {
     datagrams.push(b"X_SYSTEMD_HOSTNAME=second");
     let (guest, _) = fed(&datagrams);
     let timeline: Vec<_> = guest.timeline().collect();
-    assert_eq!(timeline[0].event, Event::BootStarted { boot: 1 });
+    assert_eq!(timeline[0].event, Event::BootStarted { number: 1 });
     assert!(
         timeline
             .iter()
@@ -261,7 +261,7 @@ fn timeline_records_milestones_with_their_boot() {
     );
     let second = timeline
         .iter()
-        .position(|m| m.event == Event::BootStarted { boot: 2 })
+        .position(|m| m.event == Event::BootStarted { number: 2 })
         .unwrap();
     assert!(timeline[second..].iter().all(|m| m.boot == 2));
     assert!(timeline.windows(2).all(|w| w[0].at <= w[1].at));

@@ -19,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use notifyhub_core::{Credentials, MAX_DATAGRAM_LEN, Sender};
+use notifyhub_core::{Credentials, DropReason, MAX_DATAGRAM_LEN, Sender};
 use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
@@ -262,6 +262,16 @@ pub enum DropCause {
     /// Its ancillary data did not fit (`MSG_CTRUNC`), i.e. more fds than the buffer holds
     /// (systemd: "Got message with truncated control data (too many fds sent?), ignoring.").
     TooManyFds,
+}
+
+impl From<DropCause> for DropReason {
+    /// The counter a drop goes to in the guest's state.
+    fn from(cause: DropCause) -> Self {
+        match cause {
+            DropCause::Oversize => Self::Oversize,
+            DropCause::TooManyFds => Self::TooManyFds,
+        }
+    }
 }
 
 fn check_path(path: &Path) -> io::Result<()> {

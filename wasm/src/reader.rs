@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::mem;
 
 use notifyhub_core::{
-    Credentials, DropReason, Event, Guest, MAX_DATAGRAM_LEN, Milestone, ParseError, Sender,
-    Snapshot, Timestamp, parse, validate_guest_name,
+    Credentials, DropReason, Guest, MAX_DATAGRAM_LEN, Milestone, ParseError, Sender, Snapshot,
+    Timestamp, parse, validate_guest_name,
 };
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
@@ -79,12 +79,8 @@ struct TextBlock {
 #[derive(Debug)]
 struct GuestLog {
     guest: Guest,
-    /// The boot the next milestone belongs to: that of the last `BootStarted`.
-    boot: u32,
     /// The time of the last message, for messages that carry none.
     last_at: Timestamp,
-    timeline: VecDeque<Milestone>,
-    timeline_total: u64,
     messages: VecDeque<MessageRecord>,
     messages_total: u64,
 }
@@ -167,8 +163,7 @@ pub struct FormatCounts {
 pub struct GuestReplay {
     /// The guest's state after its last message.
     pub snapshot: Snapshot,
-    /// Its last [`MAX_MILESTONES`] milestones, oldest first: the same entries as
-    /// [`Guest::timeline`], which keeps fewer.
+    /// Its last [`MAX_MILESTONES`] milestones, oldest first ([`Guest::timeline`]).
     pub timeline: Vec<Milestone>,
     /// Milestones in all, listed or not.
     pub timeline_total: u64,
@@ -489,11 +484,12 @@ impl LogReader {
 impl GuestLog {
     fn new(name: &str, registered: Timestamp) -> Self {
         Self {
-            guest: Guest::new(name, registered),
-            boot: 0,
+            guest: {
+                let mut guest = Guest::new(name, registered);
+                guest.set_timeline_capacity(MAX_MILESTONES);
+                guest
+            },
             last_at: registered,
-            timeline: VecDeque::new(),
-            timeline_total: 0,
             messages: VecDeque::new(),
             messages_total: 0,
         }
@@ -511,7 +507,7 @@ impl GuestLog {
             }
             fired = Some(deadline);
             self.guest.handle_timeout(deadline);
-            self.drain(deadline);
+            self.drain();
         }
         let rejected = if incoming.len > incoming.bytes.len() {
             // Only the start was kept; the whole would be rejected as too large, so it is
@@ -524,7 +520,7 @@ impl GuestLog {
                 .handle_datagram(at, incoming.sender, &incoming.bytes)
                 .err()
         };
-        self.drain(at);
+        self.drain();
 
         self.messages_total += 1;
         if self.messages.len() == MAX_MESSAGES {
@@ -545,40 +541,16 @@ impl GuestLog {
         });
     }
 
-    /// Drains the guest's events into the timeline, as [`Guest`] builds its own: each
-    /// milestone belongs to the boot of the last `BootStarted` before it.
-    fn drain(&mut self, at: Timestamp) {
-        while let Some(event) = self.guest.poll_event() {
-            if let Event::BootStarted { boot } = event {
-                self.boot = boot;
-            }
-            if event.is_milestone() {
-                self.timeline_total += 1;
-                if self.timeline.len() == MAX_MILESTONES {
-                    self.timeline.pop_front();
-                }
-                self.timeline.push_back(Milestone {
-                    at,
-                    boot: self.boot,
-                    event,
-                });
-            }
-        }
+    /// Drops the guest's events: the timeline is the guest's own ([`Guest::timeline`]).
+    fn drain(&mut self) {
+        while self.guest.poll_event().is_some() {}
     }
 
     fn finish(self) -> GuestReplay {
-        debug_assert!(
-            {
-                let core = self.guest.timeline();
-                let skip = self.timeline.len().saturating_sub(core.len());
-                self.timeline.iter().skip(skip).eq(core)
-            },
-            "the replay's timeline ends like the guest's own"
-        );
         GuestReplay {
             snapshot: self.guest.snapshot(),
-            timeline: self.timeline.into(),
-            timeline_total: self.timeline_total,
+            timeline: self.guest.timeline().cloned().collect(),
+            timeline_total: self.guest.milestones_recorded(),
             messages: self.messages.into(),
             messages_total: self.messages_total,
         }

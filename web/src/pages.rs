@@ -411,7 +411,7 @@ fn describe_sender(sender: Sender) -> String {
 /// A timeline entry as a short kind and a sentence.
 fn describe_event(event: &Event) -> (&'static str, String) {
     match event {
-        Event::BootStarted { boot } => ("boot", format!("boot {boot} started")),
+        Event::BootStarted { number } => ("boot", format!("boot {number} started")),
         Event::PhaseChanged { from, to } => ("phase", format!("{from} → {to}")),
         Event::StatusChanged { status } => ("status", or_dash(status.as_deref())),
         Event::Hostname { hostname } => ("hostname", hostname.clone()),

@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notifyhub_core::{DropReason, GuestNameError, Timestamp, validate_guest_name};
-use notifyhub_transport_unix::{
-    DropCause, MAX_SOCKET_PATH_LEN, NotifySocket, Received, is_transient,
-};
+use notifyhub_transport_unix::{MAX_SOCKET_PATH_LEN, NotifySocket, Received, is_transient};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -266,15 +264,7 @@ fn take(hub: &Hub, name: &str, received: io::Result<Received>) -> Next {
         }
         Ok(Received::Dropped { reason, len, .. }) => {
             debug!(?reason, len, "datagram dropped by the transport");
-            let reason = match reason {
-                DropCause::Oversize => DropReason::Oversize,
-                DropCause::TooManyFds => DropReason::TooManyFds,
-                other => {
-                    warn!(reason = ?other, "datagram dropped for an unknown reason, not counted");
-                    return Next::Receive;
-                }
-            };
-            if hub.record_drop(name, reason).is_err() {
+            if hub.record_drop(name, DropReason::from(reason)).is_err() {
                 return Next::Stop;
             }
         }
