@@ -16,7 +16,8 @@ pub enum WaitCondition {
     /// `booted`: ready and `multi-user.target` or `graphical.target` active
     /// ([`Snapshot::is_booted`]).
     Booted,
-    /// `unit:<name>`: the target is active, e.g. `unit:ssh-access.target` (connectible by SSH).
+    /// `unit:<name>`: the target is active and the guest not `off`, e.g.
+    /// `unit:ssh-access.target` (connectible by SSH).
     Unit(String),
     /// `off`: phase `off`.
     Off,
@@ -82,7 +83,9 @@ impl WaitCondition {
         match self {
             Self::Ready => matches!(snapshot.phase, Phase::Ready | Phase::Reloading),
             Self::Booted => snapshot.is_booted(),
-            Self::Unit(unit) => snapshot.is_active(unit),
+            // A guest that is off has no active units, whatever it last reported: after an
+            // immediate poweroff (SIGRTMIN+14) no X_SYSTEMD_UNIT_INACTIVE= precedes the end.
+            Self::Unit(unit) => snapshot.phase != Phase::Off && snapshot.is_active(unit),
             Self::Off => snapshot.phase == Phase::Off,
             Self::Phase(phase) => snapshot.phase == *phase,
         }

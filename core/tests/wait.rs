@@ -110,3 +110,27 @@ fn a_wait_begun_while_off_waits_for_the_next_boot() {
     let failed = guest_after(&[b"X_SYSTEMD_UNIT_ACTIVE=rescue.target"]).snapshot();
     assert_eq!(wait.check(&failed), WaitOutcome::Unreachable);
 }
+
+// SIGRTMIN+14 powers off at once: the last datagram names no inactive targets, yet nothing is
+// active in a guest that is off (vector systemd257-sig-rtmin14-immediate-poweroff).
+#[test]
+fn units_of_a_guest_that_is_off_are_not_active() {
+    let booted: &[&[u8]] = &[b"X_SYSTEMD_UNIT_ACTIVE=ssh-access.target", b"READY=1"];
+    let ssh = WaitCondition::Unit("ssh-access.target".into());
+    let guest = guest_after(booted);
+    let wait = Wait::new(ssh.clone(), &guest.snapshot());
+    assert_eq!(wait.check(&guest.snapshot()), WaitOutcome::Met);
+    let off = guest_after(
+        &[
+            booted,
+            &[&b"EXIT_STATUS=0\nX_SYSTEMD_SHUTDOWN=poweroff"[..]],
+        ]
+        .concat(),
+    );
+    assert!(
+        off.snapshot().is_active("ssh-access.target"),
+        "the last report is kept for show"
+    );
+    assert!(!ssh.holds(&off.snapshot()));
+    assert_eq!(wait.check(&off.snapshot()), WaitOutcome::Unreachable);
+}
