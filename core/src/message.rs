@@ -481,9 +481,6 @@ pub fn parse(datagram: &[u8]) -> Result<Message<'_>, ParseError> {
         Some((0, rest)) => rest,
         _ => datagram,
     };
-    if let Some(offset) = memchr::memchr(0, payload) {
-        return Err(ParseError::EmbeddedNul { offset });
-    }
     let mut message = Message {
         payload,
         ..Message::default()
@@ -493,26 +490,38 @@ pub fn parse(datagram: &[u8]) -> Result<Message<'_>, ParseError> {
     // Flags set by some line, and flag keys with a line that set nothing (`READY=0`).
     let mut flags_set = KeySet::EMPTY;
     let mut flags_ignored = KeySet::EMPTY;
-    for line in lines(payload) {
-        let Some((name, value)) = split_assignment(line) else {
-            continue;
-        };
-        let Some(key) = Key::from_name(name) else {
-            continue;
-        };
-        if let Some(flag) = message.flag_mut(key) {
-            if key.flag_value().is_some_and(|set| value == set.as_bytes()) {
-                *flag = true;
-                flags_set.insert(key);
-            } else {
-                flags_ignored.insert(key);
-            }
-        } else if !seen.contains(key) {
-            seen.insert(key);
-            if !message.set_value(key, value) {
-                message.ignored.insert(key);
+    // One pass finds both the line ends of `lines()` and a NUL byte.
+    let mut rest = payload;
+    let mut offset = 0;
+    loop {
+        let end = memchr::memchr3(b'\n', b'\r', 0, rest).unwrap_or(rest.len());
+        if rest.get(end) == Some(&0) {
+            return Err(ParseError::EmbeddedNul {
+                offset: offset + end,
+            });
+        }
+        if let Some((name, value)) = split_assignment(&rest[..end])
+            && let Some(key) = Key::from_name(name)
+        {
+            if let Some(flag) = message.flag_mut(key) {
+                if key.flag_value().is_some_and(|set| value == set.as_bytes()) {
+                    *flag = true;
+                    flags_set.insert(key);
+                } else {
+                    flags_ignored.insert(key);
+                }
+            } else if !seen.contains(key) {
+                seen.insert(key);
+                if !message.set_value(key, value) {
+                    message.ignored.insert(key);
+                }
             }
         }
+        if end == rest.len() {
+            break;
+        }
+        rest = &rest[end + 1..];
+        offset += end + 1;
     }
     message.ignored.0 |= flags_ignored.0 & !flags_set.0;
     Ok(message)
