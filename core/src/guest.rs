@@ -27,6 +27,11 @@ const BOOTED_TARGETS: [&str; 2] = ["multi-user.target", "graphical.target"];
 
 /// Where a guest is in its life, as told by its messages (`../shared/protocol.md` §4).
 ///
+/// Only messages move it. A guest that vanishes without a final message (PID 1 killed, the VM
+/// reset or torn down; `tests/vectors/systemd257-sigkill.jsonl`) keeps its last phase, and its
+/// `exit_status` stays unknown (`None`), never 0: a datagram socket has no hang-up to notice.
+/// Its next boot is recognised by PID 1's hostname or machine ID arriving again.
+///
 /// Serialised as the lowercase strings below, which are part of the REST API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -38,7 +43,11 @@ pub enum Phase {
     Booting,
     /// `ready`: `READY=1` seen in this boot.
     Ready,
-    /// `reloading`: `RELOADING=1`, until the next `READY=1`.
+    /// `reloading`: `RELOADING=1` in a boot that was ready, until the next `READY=1`. A
+    /// `RELOADING=1` before the boot's first `READY=1` leaves it `booting`: systemd enters
+    /// reloading only from the running state (`service_notify_message()`, `src/core/service.c`),
+    /// and PID 1 of systemd 257 sends `RELOADING=1` right after `soft-reboot.target`, as its next
+    /// boot begins (`tests/vectors/systemd257-soft-reboot.jsonl`).
     Reloading,
     /// `stopping`: `STOPPING=1`, or `shutdown.target` became active.
     Stopping,
@@ -118,6 +127,15 @@ pub enum DropReason {
     RateLimited,
     /// A `X_SYSTEMD_UNIT_ACTIVE=` beyond [`MAX_ACTIVE_UNITS`] active targets.
     UnitsOverLimit,
+    /// A stream connection (vsock) ended before the message was known to be whole: neither EOF
+    /// nor a quiet gap came before the receiver's deadline, so the bytes may be a prefix, or
+    /// reading failed.
+    Incomplete,
+    /// A stream connection (vsock) was closed unread because too many were open at once.
+    ConnectionLimit,
+    /// A vsock message from a source port of 1024 or above, i.e. not from root in the guest
+    /// (`sd_notify(3)`, Notes; [`Sender::privileged_port`]), which the receiver was told to refuse.
+    Unprivileged,
 }
 
 impl From<ParseError> for DropReason {
@@ -144,6 +162,12 @@ pub struct Drops {
     pub rate_limited: u64,
     /// See [`DropReason::UnitsOverLimit`].
     pub units_over_limit: u64,
+    /// See [`DropReason::Incomplete`].
+    pub incomplete: u64,
+    /// See [`DropReason::ConnectionLimit`].
+    pub connection_limit: u64,
+    /// See [`DropReason::Unprivileged`].
+    pub unprivileged: u64,
 }
 
 impl Drops {
@@ -155,6 +179,9 @@ impl Drops {
             DropReason::TooManyFds => &mut self.too_many_fds,
             DropReason::RateLimited => &mut self.rate_limited,
             DropReason::UnitsOverLimit => &mut self.units_over_limit,
+            DropReason::Incomplete => &mut self.incomplete,
+            DropReason::ConnectionLimit => &mut self.connection_limit,
+            DropReason::Unprivileged => &mut self.unprivileged,
         };
         *counter = counter.saturating_add(1);
     }
@@ -166,6 +193,9 @@ impl Drops {
             .saturating_add(self.too_many_fds)
             .saturating_add(self.rate_limited)
             .saturating_add(self.units_over_limit)
+            .saturating_add(self.incomplete)
+            .saturating_add(self.connection_limit)
+            .saturating_add(self.unprivileged)
     }
 }
 
@@ -502,8 +532,9 @@ impl Guest {
     /// The rules, from `service_notify_message()` (`src/core/service.c`) and PID 1's messages to
     /// its supervisor (`../shared/protocol.md` §4): within one message `STOPPING=1` beats
     /// `READY=1`, which beats `RELOADING=1`; after `STOPPING=1` nothing makes the boot ready
-    /// again (final since v259); `READY=1` is repeated by systemd after every reload and in
-    /// emergency mode, and a repeat is not a new boot.
+    /// again (final since v259); `RELOADING=1` counts only once the boot was ready (systemd
+    /// acts on it only in `SERVICE_RUNNING`); `READY=1` is repeated by systemd after every
+    /// reload and in emergency mode, and a repeat is not a new boot.
     pub fn handle_message(&mut self, now: Timestamp, sender: Sender, message: &Message<'_>) {
         self.messages = self.messages.saturating_add(1);
         self.first_seen.get_or_insert(now);
@@ -512,7 +543,10 @@ impl Guest {
 
         let restarted = (message.hostname.is_some() && self.boot.hostname_seen)
             || (message.machine_id.is_some() && self.boot.machine_id_seen);
-        if self.boot_count == 0 || self.phase == Phase::Off || restarted {
+        // A barrier is no sign of life of a new boot: `systemd-notify` sends one after its
+        // message, and after the guest's last message it would otherwise start a boot.
+        let starts_boot = self.boot_count == 0 || self.phase == Phase::Off;
+        if (starts_boot && !message.is_barrier_only()) || restarted {
             self.start_boot(now);
         }
 
@@ -585,7 +619,11 @@ impl Guest {
                 self.boot.ready = true;
                 self.boot.reloading = false;
             }
-        } else if message.reloading && !self.boot.stopping {
+        } else if message.reloading && self.boot.ready && !self.boot.stopping {
+            // Only a ready boot reloads (`service.c`: `if (s->state == SERVICE_RUNNING)
+            // service_enter_reload_by_notify(s)`). Before its first READY=1 the boot is still
+            // booting: after soft-reboot.target PID 1 sends RELOADING=1 as its next boot begins,
+            // and `reloading` would satisfy a `ready` waiter there (seen with systemd 257).
             self.boot.reloading = true;
         }
 

@@ -431,6 +431,13 @@ impl<'a> Message<'a> {
         lines(self.payload)
     }
 
+    /// Whether the message only synchronises: every line is `BARRIER=1` (`sd_notify_barrier(3)`,
+    /// which `systemd-notify` sends after each message unless `--no-block`). It says nothing of
+    /// the sender's state.
+    pub fn is_barrier_only(&self) -> bool {
+        self.barrier && self.lines().all(|line| line == b"BARRIER=1")
+    }
+
     /// Whether the datagram had no lines at all (a 0-byte message is an empty list).
     pub fn is_empty(&self) -> bool {
         self.lines().next().is_none()

@@ -1,8 +1,8 @@
 //! The state machine's rules on built sequences, on a simulated clock.
 
 use notifyhub_core::{
-    Drops, Event, Guest, MAX_ACTIVE_UNITS, MAX_PENDING_EVENTS, MAX_TIMELINE, Phase, Sender,
-    Timestamp,
+    DropReason, Drops, Event, Guest, MAX_ACTIVE_UNITS, MAX_PENDING_EVENTS, MAX_TIMELINE, Phase,
+    Sender, Timestamp, WaitCondition,
 };
 
 /// A guest fed `datagrams` 1 ms apart; returns it with the events drained.
@@ -67,7 +67,8 @@ fn flag_precedence_within_one_message() {
         (b"READY=1\nSTOPPING=1", Phase::Stopping),
         (b"RELOADING=1\nREADY=1", Phase::Ready),
         (b"RELOADING=1\nSTOPPING=1\nREADY=1", Phase::Stopping),
-        (b"RELOADING=1", Phase::Reloading),
+        // Alone, before any READY=1: still booting (reloading_counts_only_in_a_ready_boot).
+        (b"RELOADING=1", Phase::Booting),
     ];
     for (datagram, phase) in table {
         assert_eq!(
@@ -109,7 +110,8 @@ fn soft_reboot_starts_a_new_boot() {
     let snapshot = guest.snapshot();
     assert_eq!(snapshot.boot_count, 2);
     assert_eq!(snapshot.active_units, ["sysinit.target"]);
-    assert_eq!(snapshot.phase, Phase::Reloading);
+    // The RELOADING=1 that follows soft-reboot.target belongs to a boot not yet ready.
+    assert_eq!(snapshot.phase, Phase::Booting);
     assert!(!snapshot.ready_seen);
     assert!(events.contains(&Event::BootStarted { number: 2 }));
     datagrams.push(b"READY=1");
@@ -117,6 +119,37 @@ fn soft_reboot_starts_a_new_boot() {
     assert_eq!(
         (guest.phase(), guest.snapshot().boot_count),
         (Phase::Ready, 2)
+    );
+}
+
+// service.c acts on RELOADING=1 only in SERVICE_RUNNING, i.e. once READY=1 came. systemd 257's
+// PID 1 sends RELOADING=1 right after soft-reboot.target, as its next boot begins
+// (tests/vectors/systemd257-soft-reboot.jsonl): that boot is booting, not reloading, and a
+// `ready` waiter must not be satisfied by it.
+#[test]
+fn reloading_counts_only_in_a_ready_boot() {
+    let (guest, events) = fed(&[
+        b"X_SYSTEMD_SIGNALS_LEVEL=2",
+        b"RELOADING=1\nMONOTONIC_USEC=1",
+    ]);
+    let snapshot = guest.snapshot();
+    assert_eq!(
+        (snapshot.phase, snapshot.ready_seen),
+        (Phase::Booting, false)
+    );
+    assert!(!WaitCondition::Ready.holds(&snapshot));
+    assert_eq!(phases(&events), [Phase::Booting]);
+    // Once ready, RELOADING=1 is a reload until the next READY=1.
+    let (guest, events) = fed(&[
+        b"RELOADING=1",
+        b"READY=1",
+        b"RELOADING=1\nMONOTONIC_USEC=2",
+        b"READY=1",
+    ]);
+    assert_eq!(guest.phase(), Phase::Ready);
+    assert_eq!(
+        phases(&events),
+        [Phase::Booting, Phase::Ready, Phase::Reloading, Phase::Ready]
     );
 }
 
@@ -191,6 +224,35 @@ fn rejected_datagrams_are_counted_and_change_nothing_else() {
     );
     assert_eq!((snapshot.messages, snapshot.phase), (1, Phase::Ready));
     assert_eq!(phases(&events), [Phase::Ready]);
+}
+
+/// The transports' own drops (a vsock connection that never finished, one closed over the
+/// connection limit, a message from an unprivileged source port) are counted apart, and change
+/// nothing else.
+#[test]
+fn transport_drops_are_counted_by_reason() {
+    let (mut guest, _) = fed(&[b"READY=1"]);
+    for reason in [
+        DropReason::Incomplete,
+        DropReason::ConnectionLimit,
+        DropReason::ConnectionLimit,
+        DropReason::Unprivileged,
+    ] {
+        guest.record_drop(reason);
+    }
+    let snapshot = guest.snapshot();
+    assert_eq!(
+        snapshot.drops,
+        Drops {
+            incomplete: 1,
+            connection_limit: 2,
+            unprivileged: 1,
+            ..Drops::default()
+        }
+    );
+    assert_eq!(snapshot.drops.total(), 4);
+    assert_eq!((snapshot.messages, snapshot.phase), (1, Phase::Ready));
+    assert!(guest.poll_event().is_none(), "a drop is not an event");
 }
 
 #[test]
@@ -352,4 +414,19 @@ fn readiness_timeout_names_the_boot_that_never_became_ready() {
     // A ready boot has nothing pending.
     at(&mut guest, 97_000_000, b"READY=1");
     assert_eq!(guest.poll_timeout(), None);
+}
+
+// sd_notify_barrier(3): `systemd-notify` follows each message with a lone BARRIER=1; it tells
+// nothing about the guest, so it starts no boot (neither the first nor one after `off`).
+#[test]
+fn a_barrier_alone_starts_no_boot() {
+    let (guest, events) = fed(&[b"BARRIER=1"]);
+    assert_eq!((guest.phase(), guest.snapshot().boot_count), (Phase::Registered, 0));
+    assert_eq!(guest.snapshot().messages, 1);
+    assert!(events.is_empty());
+    let (guest, _) = fed(&[b"READY=1", b"BARRIER=1", b"X_SYSTEMD_SHUTDOWN=poweroff", b"BARRIER=1"]);
+    assert_eq!((guest.phase(), guest.snapshot().boot_count), (Phase::Off, 1));
+    // Anything more than the barrier does start the next boot.
+    let (guest, _) = fed(&[b"X_SYSTEMD_SHUTDOWN=poweroff", b"BARRIER=1\nREADY=1"]);
+    assert_eq!((guest.phase(), guest.snapshot().boot_count), (Phase::Ready, 2));
 }

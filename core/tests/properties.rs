@@ -58,6 +58,8 @@ proptest! {
             prop_assert_eq!(snapshot.phase, guest.phase());
             prop_assert_eq!(snapshot.phase == Phase::Off, snapshot.shutdown.is_some());
             prop_assert_eq!(snapshot.phase == Phase::Registered, snapshot.boot_count == 0);
+            // Only a boot that was ready reloads (reloading_counts_only_in_a_ready_boot).
+            prop_assert!(snapshot.phase != Phase::Reloading || snapshot.ready_seen);
             prop_assert!(snapshot.active_units.windows(2).all(|w| w[0] < w[1]));
         }
         let snapshot = guest.snapshot();

@@ -20,6 +20,8 @@ fuzz_target!(|data: &[u8]| {
         while guest.poll_event().is_some() {}
         let snapshot = guest.snapshot();
         assert_eq!(snapshot.phase == Phase::Off, snapshot.shutdown.is_some());
+        // Only a boot that was ready reloads (core test reloading_counts_only_in_a_ready_boot).
+        assert!(snapshot.phase != Phase::Reloading || snapshot.ready_seen);
     }
     let snapshot = guest.snapshot();
     assert_eq!(

@@ -11,6 +11,7 @@
 //! - [`Vector`], [`load_vectors`]: the captured datagrams of `../shared/vectors/*.jsonl`.
 //! - [`real_guest_skip_reason`], [`shared_dir`]: where the real systemd guest harness is and
 //!   whether `scripts/setup` could prepare it.
+//! - [`real_guest`]: its commands, bounded, and a guard that always stops a guest.
 //!
 //! Liveness bounds in these helpers are 5–10× what the operation takes on a 2-core machine;
 //! no helper asserts on timing.
@@ -29,6 +30,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+pub mod real_guest;
 
 /// How long the hub may take to print its listening line after it was spawned.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -269,6 +272,12 @@ impl Hub {
     /// when a `--guest` has no `guest NAME: NOTIFY_SOCKET=` line or its path is not
     /// `<run dir>/guests/NAME/notify`.
     pub async fn start(guests: &[&str]) -> Self {
+        Self::start_with_args(guests, &[]).await
+    }
+
+    /// As [`Hub::start`], with `args` added to the `notifyhub serve` command line (e.g.
+    /// `["--ready-timeout", "1"]`).
+    pub async fn start_with_args(guests: &[&str], args: &[&str]) -> Self {
         let run_dir = tempfile::Builder::new()
             .prefix("nh-")
             .tempdir()
@@ -282,6 +291,7 @@ impl Hub {
         for guest in guests {
             cmd.arg("--guest").arg(guest);
         }
+        cmd.args(args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -86,6 +86,7 @@ pub use notifyhub_core::{MAX_DATAGRAM_LEN, Sender, VMADDR_CID_ANY, VMADDR_PORT_A
 mod hybrid;
 mod kernel;
 mod read;
+pub mod send;
 mod serve;
 
 pub use hybrid::{DEFAULT_SOCKET_MODE, HybridListener, MAX_SOCKET_PATH_LEN};

@@ -19,6 +19,7 @@ use self::extract::{Json, Path, Query};
 use crate::AppState;
 use crate::registry::{RegisterError, Registry};
 use crate::store::{FeedItem, GuestDetail, Hub, Record, WaitEnd};
+use crate::{launch, vsock};
 
 /// The longest long-poll, in seconds.
 pub const MAX_WAIT_SECS: f64 = 3600.0;
@@ -31,7 +32,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/guests/{name}", get(get_guest).delete(delete_guest))
         .route("/guests/{name}/events", get(guest_events))
         .route("/guests/{name}/wait", get(wait))
+        .route("/guests/{name}/launch", get(launch))
+        .route("/vsock", get(vsock_status))
         .route("/events", get(events))
+        .route("/events/export", get(export::all))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -40,6 +44,8 @@ pub(crate) fn router() -> Router<AppState> {
             )
         })
 }
+
+pub mod export;
 
 /// An error response: `status` with `{"error": message}`.
 #[derive(Debug)]
@@ -82,10 +88,10 @@ impl IntoResponse for ApiError {
 impl From<RegisterError> for ApiError {
     fn from(error: RegisterError) -> Self {
         let status = match &error {
-            RegisterError::InvalidName(_) | RegisterError::PathTooLong { .. } => {
-                StatusCode::BAD_REQUEST
-            }
-            RegisterError::Exists(_) => StatusCode::CONFLICT,
+            RegisterError::InvalidName(_)
+            | RegisterError::PathTooLong { .. }
+            | RegisterError::InvalidVsock(_) => StatusCode::BAD_REQUEST,
+            RegisterError::Exists(_) | RegisterError::CidTaken { .. } => StatusCode::CONFLICT,
             RegisterError::Bind { source, .. }
                 if matches!(
                     source.kind(),
@@ -97,7 +103,9 @@ impl From<RegisterError> for ApiError {
             RegisterError::Bind { .. } | RegisterError::NotUtf8 { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            RegisterError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            RegisterError::Closed | RegisterError::TooManyGuests(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         };
         Self::new(status, error.to_string())
     }
@@ -188,14 +196,25 @@ async fn get_guest(
 #[serde(deny_unknown_fields)]
 struct NewGuest {
     name: String,
+    /// A kernel vsock guest's CID.
+    #[serde(default)]
+    cid: Option<serde_json::Number>,
+    /// A hybrid vsock guest's socket.
+    #[serde(default)]
+    hybrid: Option<vsock::HybridRequest>,
 }
 
-/// `POST /guests` `{"name": "web1"}`: 201 with the guest and its `Location`.
+/// `POST /guests` `{"name": "web1"}`: 201 with the guest and its `Location`. A VM guest also
+/// has `"cid": 5` (kernel vsock) or `"hybrid": {"uds_path": "/run/fc1.vsock", "port": 9999}`:
+/// 400 for a CID out of 3..=4294967294 or a bad socket path, 409 for a CID or socket taken.
 async fn create_guest(
     State(registry): State<Registry>,
-    Json(NewGuest { name }): Json<NewGuest>,
+    Json(new): Json<NewGuest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let guest = registry.register(&name).await?;
+    let reach = vsock::requested_reach(new.cid.as_ref(), new.hybrid.as_ref())
+        .map_err(ApiError::bad_request)?;
+    let name = new.name;
+    let guest = registry.register_with(&name, reach).await?;
     // The name passed validate_guest_name: ASCII letters, digits, '-', '_', '.' only.
     let location = HeaderValue::try_from(format!("/api/v1/guests/{name}"))
         .expect("a valid guest name is a valid header value");
@@ -253,18 +272,24 @@ impl Serialize for MessageView {
     }
 }
 
-/// `GET /guests/{name}/events`: the kept messages, oldest first.
+/// `GET /guests/{name}/events`: the kept messages, oldest first; with `?format=jsonl`, as the
+/// event log ([`export`]).
 async fn guest_events(
     State(hub): State<Hub>,
     Path(name): Path<String>,
-) -> Result<response::Json<MessageList>, ApiError> {
+    Query(query): Query<export::EventsQuery>,
+) -> Result<Response, ApiError> {
+    if query.format == export::EventsFormat::Jsonl {
+        return export::guest(&hub, &name);
+    }
     let history = hub
         .history(&name)
         .ok_or_else(|| ApiError::unknown_guest(&name))?;
     Ok(response::Json(MessageList {
         events: history.records.into_iter().map(MessageView).collect(),
         forgotten: history.forgotten,
-    }))
+    })
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -333,6 +358,34 @@ async fn wait(
         guest,
     };
     Ok((status, response::Json(body)).into_response())
+}
+
+/// `GET /guests/{name}/launch`: how to start the guest so that it reports here
+/// ([`launch::Launch`]).
+async fn launch(
+    State(registry): State<Registry>,
+    Path(name): Path<String>,
+) -> Result<response::Json<launch::Launch>, ApiError> {
+    let guest = registry
+        .hub()
+        .guest(&name)
+        .ok_or_else(|| ApiError::unknown_guest(&name))?;
+    let summary = &guest.summary;
+    let ports = registry.kernel_ports();
+    Ok(response::Json(launch::launch(
+        &name,
+        &summary.notify_socket,
+        &summary.reach,
+        ports,
+    )))
+}
+
+/// `GET /vsock`: the vsock listeners, the policy, and the messages dropped hub-wide.
+async fn vsock_status(State(registry): State<Registry>) -> response::Json<serde_json::Value> {
+    let settings = registry.vsock_settings();
+    let status = vsock::VsockStatus::new(&settings, registry.vsock_stats());
+    // Plain data of numbers and strings: serialising it cannot fail.
+    response::Json(serde_json::to_value(status).expect("vsock status serialises"))
 }
 
 /// Parses `timeout=`: seconds, decimals allowed, 0 to [`MAX_WAIT_SECS`].

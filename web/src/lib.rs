@@ -1,7 +1,8 @@
 //! The web side of notifyhub: the hub's state store, its HTTP face, and the `notifyhub` binary.
 //!
 //! This crate owns everything between the transports and the user. Data flows one way: a
-//! guest's notify socket ([`registry`], on `notifyhub-transport-unix`) hands each datagram to the
+//! guest's notify socket ([`registry`], on `notifyhub-transport-unix`), or for a VM its vsock
+//! connection ([`vsock`], on `notifyhub-transport-vsock`), hands each message to the
 //! [`store`], which folds it with `notifyhub-core` and publishes the result; the [`api`] (REST,
 //! long-polls, Server-Sent Events) and the [`pages`] (HTML dashboard) only read the store.
 //! No protocol logic lives here: parsing, guest state, wait conditions and name rules are
@@ -11,10 +12,13 @@
 
 pub mod api;
 pub mod clock;
+pub mod launch;
 pub mod pages;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod viewer;
+pub mod vsock;
 
 use axum::Router;
 use axum::extract::FromRef;
@@ -61,6 +65,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api::router())
         .merge(pages::router())
+        .merge(viewer::router())
         .fallback(pages::not_found)
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,

@@ -19,6 +19,8 @@ use tracing::error;
 
 use crate::AppState;
 use crate::clock::{Offset, Seconds, Utc};
+use crate::launch::{self, Launch};
+use crate::registry::Registry;
 use crate::store::{GuestDetail, Hub, Record};
 
 /// The most messages the detail page shows; the API has all that are kept.
@@ -78,6 +80,8 @@ struct NotFoundPage {
 struct DashboardPage {
     last_event_id: u64,
     guests: Vec<GuestRow>,
+    /// The readiness warning's text, e.g. `not ready after 90 s`.
+    not_ready: String,
 }
 
 /// `GET /`: every guest in a table.
@@ -90,6 +94,7 @@ async fn dashboard(State(hub): State<Hub>) -> Result<Html<String>, PageError> {
             .iter()
             .map(|guest| GuestRow::new(guest.snapshot()))
             .collect(),
+        not_ready: not_ready(hub.ready_timeout()),
     };
     Ok(Html(page.render()?))
 }
@@ -106,11 +111,15 @@ struct GuestPage {
     /// Messages kept but not shown, and accepted but no longer kept.
     messages_hidden: usize,
     messages_forgotten: u64,
+    not_ready: String,
+    /// How to start the guest so that it reports here.
+    launch: Launch,
 }
 
 /// `GET /guests/{name}`: one guest in detail.
 async fn guest(
     State(hub): State<Hub>,
+    State(registry): State<Registry>,
     Path(name): Path<String>,
 ) -> Result<Html<String>, PageError> {
     let unknown = || PageError::NotFound(format!("There is no guest named “{name}”."));
@@ -119,7 +128,16 @@ async fn guest(
     let last_event_id = hub.last_event_id();
     let detail = hub.guest(&name).ok_or_else(unknown)?;
     let history = hub.history(&name).ok_or_else(unknown)?;
-    let page = GuestPage::new(last_event_id, &detail, &history.records, history.forgotten);
+    let summary = &detail.summary;
+    let launch = launch::launch(
+        &name,
+        &summary.notify_socket,
+        &summary.reach,
+        registry.kernel_ports(),
+    );
+    let page = GuestPage::new(last_event_id, &detail, &history.records, history.forgotten)
+        .with_not_ready(not_ready(hub.ready_timeout()))
+        .with_launch(launch);
     Ok(Html(page.render()?))
 }
 
@@ -172,6 +190,23 @@ struct GuestRow {
     targets: Vec<String>,
     boot_count: u32,
     last_seen: Option<Moment>,
+    /// This boot sent no `READY=1` by `ready_deadline` (`--ready-timeout`).
+    ready_timed_out: bool,
+    ready_deadline: Option<Moment>,
+}
+
+/// The text of the warning badge of a boot that missed its readiness deadline.
+fn not_ready(timeout: Option<std::time::Duration>) -> String {
+    match timeout {
+        Some(timeout) if timeout.subsec_micros() == 0 => {
+            format!("not ready after {} s", timeout.as_secs())
+        }
+        Some(timeout) => format!(
+            "not ready after {}",
+            Seconds(u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX))
+        ),
+        None => "not ready in time".to_owned(),
+    }
 }
 
 impl GuestRow {
@@ -184,6 +219,8 @@ impl GuestRow {
             targets: snapshot.active_units.clone(),
             boot_count: snapshot.boot_count,
             last_seen: snapshot.last_seen.map(Moment),
+            ready_timed_out: snapshot.ready_timed_out,
+            ready_deadline: snapshot.ready_deadline.map(Moment),
         }
     }
 }
@@ -343,6 +380,27 @@ impl GuestPage {
             messages,
             messages_hidden: records.len().saturating_sub(MESSAGES_SHOWN),
             messages_forgotten: forgotten,
+            not_ready: not_ready(None),
+            launch: Launch {
+                guest: snapshot.name.clone(),
+                notify_socket: detail.summary.notify_socket.to_string(),
+                snippets: Vec::new(),
+            },
+        }
+    }
+
+    /// The readiness warning's text ([`not_ready`]).
+    fn with_not_ready(self, not_ready: String) -> Self {
+        Self { not_ready, ..self }
+    }
+
+    /// The launch snippets; what the guest is handed as `$NOTIFY_SOCKET` is theirs (a VM's is
+    /// its vsock address).
+    fn with_launch(self, launch: Launch) -> Self {
+        Self {
+            notify_socket: launch.notify_socket.clone(),
+            launch,
+            ..self
         }
     }
 }
@@ -372,6 +430,9 @@ fn describe_drops(drops: &Drops) -> String {
         ("too many fds", drops.too_many_fds),
         ("rate limited", drops.rate_limited),
         ("targets over limit", drops.units_over_limit),
+        ("incomplete", drops.incomplete),
+        ("connection limit", drops.connection_limit),
+        ("unprivileged port", drops.unprivileged),
     ];
     let nonzero: Vec<String> = counters
         .iter()
@@ -401,8 +462,16 @@ fn describe_sender(sender: Sender) -> String {
         Sender::Vsock {
             cid,
             port: Some(port),
-        } => format!("vsock cid {cid} port {port}"),
-        Sender::Vsock { cid, port: None } => format!("vsock cid {cid}"),
+        } => {
+            // sd_notify(3): a port below 1024 needs root in the guest (systemd binds 1023 down).
+            let who = match sender.privileged_port() {
+                Some(true) => "root in guest",
+                _ => "not root in guest",
+            };
+            format!("vsock from CID {cid} port {port} ({who})")
+        }
+        // Hybrid vsock: the VMM's bridge does not pass the port on.
+        Sender::Vsock { cid, port: None } => format!("vsock from CID {cid}, port unknown"),
         Sender::Unknown => "unknown".to_owned(),
         other => format!("{other:?}"),
     }

@@ -13,7 +13,8 @@ use tracing::info;
 
 use crate::registry::Registry;
 use crate::store::Hub;
-use crate::{AppState, router};
+use crate::vsock::{KernelListeners, VmGuest, VsockConfig, VsockSettings, VsockTasks};
+use crate::{AppState, launch, router};
 
 /// What `notifyhub serve` was asked to do.
 #[derive(Clone, Debug)]
@@ -24,6 +25,11 @@ pub struct Config {
     pub run_dir: PathBuf,
     /// Guests to register at start.
     pub guests: Vec<String>,
+    /// VM guests and the vsock listeners (`--vsock-port`, `--vm`, `--hybrid`, …).
+    pub vsock: VsockConfig,
+    /// How long each boot of every guest may take from its first message to `READY=1`
+    /// (`--ready-timeout`); `None`: no limit. See [`Hub::set_ready_timeout`].
+    pub ready_timeout: Option<std::time::Duration>,
 }
 
 /// No run directory was given and none could be derived.
@@ -64,11 +70,14 @@ pub struct Server {
     listener: TcpListener,
     state: AppState,
     notify_sockets: Vec<(String, String)>,
+    /// The kernel vsock listeners and their router, running from `bind` on.
+    vsock: VsockTasks,
 }
 
 impl Server {
-    /// Registers `config.guests` (binding their sockets) and binds the HTTP listener. The hub
-    /// shuts down when `shutdown` is cancelled.
+    /// Binds the kernel vsock listeners `config.vsock` asks for and starts routing their
+    /// messages, registers `config.guests` and the VM guests (binding their sockets), and binds
+    /// the HTTP listener. The hub shuts down when `shutdown` is cancelled.
     ///
     /// # Errors
     /// A guest that cannot be registered, or a listener that cannot be bound; nothing is left
@@ -81,7 +90,19 @@ impl Server {
             )
         })?;
         let hub = Hub::new();
-        let registry = Registry::new(hub.clone(), run_dir.join("guests"), &shutdown);
+        hub.set_ready_timeout(config.ready_timeout);
+        let kernel = KernelListeners::bind(&config.vsock)?;
+        let vsock_settings = VsockSettings {
+            ports: kernel.ports(),
+            ..config.vsock.settings
+        };
+        let registry = Registry::with_vsock(
+            hub.clone(),
+            run_dir.join("guests"),
+            &shutdown,
+            vsock_settings,
+        );
+        let vsock = kernel.spawn(registry.clone(), shutdown.child_token());
         let state = AppState {
             hub,
             registry,
@@ -92,8 +113,10 @@ impl Server {
                 listener,
                 state,
                 notify_sockets,
+                vsock,
             }),
             Err(error) => {
+                vsock.stop().await;
                 state.registry.close().await;
                 Err(error)
             }
@@ -104,7 +127,8 @@ impl Server {
         config: &Config,
         state: &AppState,
     ) -> anyhow::Result<(TcpListener, Vec<(String, String)>)> {
-        let mut notify_sockets = Vec::with_capacity(config.guests.len());
+        let mut notify_sockets =
+            Vec::with_capacity(config.guests.len() + config.vsock.guests.len());
         for name in &config.guests {
             let guest = state
                 .registry
@@ -112,6 +136,18 @@ impl Server {
                 .await
                 .with_context(|| format!("cannot register guest {name:?}"))?;
             notify_sockets.push((name.clone(), guest.summary.notify_socket.to_string()));
+        }
+        for VmGuest { name, reach } in &config.vsock.guests {
+            let guest = state
+                .registry
+                .register_with(name, reach.clone())
+                .await
+                .with_context(|| format!("cannot register guest {name:?}"))?;
+            // What the VM's PID 1 will have as $NOTIFY_SOCKET: its vsock address.
+            let ports = state.registry.kernel_ports();
+            let summary = &guest.summary;
+            let launch = launch::launch(name, &summary.notify_socket, reach, ports);
+            notify_sockets.push((name.clone(), launch.notify_socket));
         }
         let listener = TcpListener::bind(config.listen)
             .await
@@ -127,7 +163,9 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// The guests registered at start, in order, with their absolute socket paths.
+    /// The guests registered at start, in order, with what each is handed as `$NOTIFY_SOCKET`:
+    /// its socket's absolute path, or for a VM guest its vsock address (`vsock-stream:2:PORT`,
+    /// given as the credential `vmm.notify_socket`).
     pub fn notify_sockets(&self) -> &[(String, String)] {
         &self.notify_sockets
     }
@@ -138,13 +176,17 @@ impl Server {
     }
 
     /// Serves HTTP until the shutdown token is cancelled, lets open requests finish (every SSE
-    /// stream and long-poll ends on that token), then removes every guest socket.
+    /// stream and long-poll ends on that token), then closes the vsock listeners and removes
+    /// every guest socket (hybrid vsock sockets too).
     ///
     /// # Errors
     /// What `axum::serve` returns.
     pub async fn run(self) -> io::Result<()> {
         let Self {
-            listener, state, ..
+            listener,
+            state,
+            vsock,
+            ..
         } = self;
         let shutdown = state.shutdown.clone();
         let registry = state.registry.clone();
@@ -152,6 +194,7 @@ impl Server {
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         info!("stopped serving; removing the guests' sockets");
+        vsock.stop().await;
         registry.close().await;
         served
     }

@@ -21,6 +21,8 @@ use serde::{Serialize, Serializer};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::vsock::Reach;
+
 /// How much the store keeps. [`Limits::default`] is what the hub uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -58,12 +60,15 @@ struct Inner {
 struct State {
     guests: BTreeMap<String, Entry>,
     log: EventLog,
+    /// [`Hub::set_ready_timeout`]: given to every guest registered after it was set.
+    ready_timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
 struct Entry {
     guest: Guest,
     notify_socket: Arc<str>,
+    reach: Arc<Reach>,
     /// Accepted messages, oldest first; `history.back().seq == accepted`.
     history: VecDeque<Arc<Record>>,
     /// Messages accepted so far, which is also the `seq` of the last one.
@@ -83,7 +88,7 @@ struct EventLog {
 
 /// A guest's state without its timeline: the SSE `snapshot`, and what a [`Resync`] carries.
 ///
-/// Serialised as the fields of [`Snapshot`] plus `notify_socket`.
+/// Serialised as the fields of [`Snapshot`] plus `notify_socket`, `cid` and `hybrid`.
 #[derive(Clone, Debug, Serialize)]
 pub struct GuestSummary {
     /// The guest's state.
@@ -91,6 +96,9 @@ pub struct GuestSummary {
     pub snapshot: Arc<Snapshot>,
     /// The absolute path of the guest's notify socket, the value of its `$NOTIFY_SOCKET`.
     pub notify_socket: Arc<str>,
+    /// How a VM guest reaches the hub over vsock: `"cid"` and `"hybrid"`, `null` if not.
+    #[serde(flatten)]
+    pub reach: Arc<Reach>,
 }
 
 /// A guest as `GET /api/v1/guests/{name}` shows it: [`GuestSummary`] plus the boot timeline.
@@ -330,6 +338,7 @@ impl Hub {
                 state: Mutex::new(State {
                     guests: BTreeMap::new(),
                     log,
+                    ready_timeout: None,
                 }),
                 limits,
             }),
@@ -357,22 +366,58 @@ impl Hub {
         notify_socket: &str,
         now: Timestamp,
     ) -> Result<GuestDetail, AlreadyRegistered> {
+        self.register_with(name, notify_socket, Reach::Unix, now)
+    }
+
+    /// As [`register`](Self::register), for a guest that also reaches the hub as `reach`
+    /// (shown in its JSON; routing is the registry's).
+    ///
+    /// # Errors
+    /// [`AlreadyRegistered`] if the name is taken; nothing changes then.
+    pub fn register_with(
+        &self,
+        name: &str,
+        notify_socket: &str,
+        reach: Reach,
+        now: Timestamp,
+    ) -> Result<GuestDetail, AlreadyRegistered> {
         let mut state = self.lock();
-        let State { guests, log } = &mut *state;
+        let State {
+            guests,
+            log,
+            ready_timeout,
+        } = &mut *state;
         let btree_map::Entry::Vacant(slot) = guests.entry(name.to_owned()) else {
             return Err(AlreadyRegistered(name.to_owned()));
         };
-        let guest = Guest::new(name, now);
+        let mut guest = Guest::new(name, now);
+        guest.set_ready_timeout(
+            ready_timeout.map(|timeout| u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX)),
+        );
         let (snapshot, _) = watch::channel(Arc::new(guest.snapshot()));
         let entry = slot.insert(Entry {
             guest,
             notify_socket: notify_socket.into(),
+            reach: Arc::new(reach),
             history: VecDeque::new(),
             accepted: 0,
             snapshot,
         });
         log.emit(name, Change::Registered, entry.summary());
         Ok(entry.detail())
+    }
+
+    /// Sets how long each boot of a guest registered from now on may take from its first message
+    /// to `READY=1` (`notifyhub serve --ready-timeout`); `None`, the default, is no limit. A boot
+    /// that misses it gets `ready_timed_out` and a [`Event::ReadyTimedOut`] event, fired by
+    /// [`Hub::handle_timeout`]; it stays `booting` and may still become ready.
+    pub fn set_ready_timeout(&self, timeout: Option<Duration>) {
+        self.lock().ready_timeout = timeout;
+    }
+
+    /// The readiness timeout given to newly registered guests ([`Hub::set_ready_timeout`]).
+    pub fn ready_timeout(&self) -> Option<Duration> {
+        self.lock().ready_timeout
     }
 
     /// Removes guest `name`: logs a [`Change::Removed`] event with its last state and ends its
@@ -405,7 +450,7 @@ impl Hub {
     ) -> Result<u64, IngestError> {
         let history_limit = self.inner.limits.history;
         let mut state = self.lock();
-        let State { guests, log } = &mut *state;
+        let State { guests, log, .. } = &mut *state;
         let entry = guests
             .get_mut(name)
             .ok_or_else(|| UnknownGuest(name.to_owned()))?;
@@ -465,7 +510,7 @@ impl Hub {
     /// Applies `input` to guest `name`'s state machine, then logs and publishes the result.
     fn update(&self, name: &str, input: impl FnOnce(&mut Guest)) -> Result<(), UnknownGuest> {
         let mut state = self.lock();
-        let State { guests, log } = &mut *state;
+        let State { guests, log, .. } = &mut *state;
         let entry = guests
             .get_mut(name)
             .ok_or_else(|| UnknownGuest(name.to_owned()))?;
@@ -624,6 +669,7 @@ impl Entry {
         GuestSummary {
             snapshot: self.snapshot.borrow().clone(),
             notify_socket: self.notify_socket.clone(),
+            reach: self.reach.clone(),
         }
     }
 

@@ -48,6 +48,9 @@ function fill(scope, s) {
     if (field === 'phase') {
       el.className = `badge phase-${s.phase}`;
       el.textContent = s.phase;
+    } else if (field === 'ready_timed_out') {
+      el.hidden = !s.ready_timed_out;
+      el.title = s.ready_deadline == null ? '' : `no READY=1 by ${utc(s.ready_deadline)}`;
     } else if (field === 'active_units') {
       el.replaceChildren(...s.active_units.map((unit) => {
         const chip = document.createElement('span');
@@ -138,10 +141,12 @@ document.getElementById('remove')?.addEventListener('click', async () => {
   if (response.ok) window.location.assign('/');
 });
 
-document.querySelector('[data-copy]')?.addEventListener('click', async (e) => {
-  await navigator.clipboard.writeText(document.getElementById(e.target.dataset.copy).value);
-  e.target.textContent = 'Copied';
-});
+for (const button of document.querySelectorAll('[data-copy]')) {
+  button.addEventListener('click', async () => {
+    await navigator.clipboard.writeText(document.getElementById(button.dataset.copy).value);
+    button.textContent = 'Copied';
+  });
+}
 
 // Controls that need this script, and relative times kept fresh.
 for (const el of document.querySelectorAll('#register, #remove, [data-copy]')) el.hidden = false;

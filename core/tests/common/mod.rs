@@ -1,6 +1,7 @@
-//! Reading the captured vectors in `../shared/vectors/` (see its README for the format).
+//! Reading captured vectors (see `../shared/vectors/README.md` for the format): the shared ones
+//! in `../shared/vectors/` and the project's own in `tests/vectors/`, in the same format.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use notifyhub_core::{Credentials, Guest, Sender, Snapshot, Timestamp};
 
@@ -14,13 +15,30 @@ pub(crate) struct Captured {
     pub(crate) bytes: Vec<u8>,
 }
 
-pub(crate) fn vectors_dir() -> PathBuf {
+/// `../shared/vectors/`: captured by the lead, read-only.
+pub(crate) fn shared_vectors() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors")
 }
 
-/// Every datagram of `../shared/vectors/<name>.jsonl`, in order.
-pub(crate) fn load(name: &str) -> Vec<Captured> {
-    let path = vectors_dir().join(format!("{name}.jsonl"));
+/// `tests/vectors/`: the project's own captures (`tests/src/bin/capture.rs`).
+pub(crate) fn own_vectors() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/vectors")
+}
+
+/// The names (without `.jsonl`) of the vector files in `dir`, sorted.
+pub(crate) fn vector_files(dir: &Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|name| name.strip_suffix(".jsonl").map(str::to_string))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every datagram of `<dir>/<name>.jsonl`, in order.
+pub(crate) fn load(dir: &Path, name: &str) -> Vec<Captured> {
+    let path = dir.join(format!("{name}.jsonl"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .map(|line| {

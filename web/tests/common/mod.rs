@@ -53,6 +53,8 @@ impl TestHub {
             listen: "127.0.0.1:0".parse().unwrap(),
             run_dir: run_dir.clone(),
             guests: guests.iter().map(ToString::to_string).collect(),
+            ready_timeout: None,
+            vsock: Default::default(),
         };
         let server = Server::bind(config, shutdown.clone()).await.unwrap();
         let base = format!("http://{}", server.local_addr().unwrap());

@@ -1,0 +1,136 @@
+//! Driving `../shared/guest/real-systemd-guest` from a test: run its commands with a bound, and
+//! stop a guest whatever happens ([`GuestGuard`]). The skip rule is
+//! [`real_guest_skip_reason`](crate::real_guest_skip_reason); [`skip`] prints it.
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::process::Command;
+
+use crate::{real_guest_harness, real_guest_skip_reason};
+
+/// Bound for one harness command (boot returns in < 0.3 s, exec in < 0.1 s, stop < 0.3 s).
+pub const HARNESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether the real-guest tests must be skipped here; prints `SKIPPED real guest: <reason>`.
+pub fn skip() -> bool {
+    match real_guest_skip_reason() {
+        Some(reason) => {
+            println!("SKIPPED real guest: {reason}");
+            true
+        }
+        None => false,
+    }
+}
+
+/// Runs `real-systemd-guest ARGS...`, bounded by [`HARNESS_TIMEOUT`]; asserts it exits 0.
+pub async fn harness(args: &[&str]) -> Output {
+    let out = harness_unchecked(args).await;
+    assert!(
+        out.status.success(),
+        "real-systemd-guest {args:?} exited with {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    out
+}
+
+/// Runs `real-systemd-guest ARGS...`, bounded by [`HARNESS_TIMEOUT`], whatever its exit status.
+pub async fn harness_unchecked(args: &[&str]) -> Output {
+    let child = Command::new(real_guest_harness())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn real-systemd-guest");
+    tokio::time::timeout(HARNESS_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| {
+            panic!("real-systemd-guest {args:?} still running after {HARNESS_TIMEOUT:?}")
+        })
+        .expect("wait for real-systemd-guest")
+}
+
+/// `real-systemd-guest wait-exit NAME SECS`: how the container ended (`reboot`, `poweroff`,
+/// `exit N`, `killed`, `signal S`), or `None` on its timeout.
+pub async fn wait_exit(name: &str, secs: u32) -> Option<String> {
+    let out = harness_unchecked(&["wait-exit", name, &secs.to_string()]).await;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Stops guest `name` when dropped, on success and on failure alike; on failure it first prints
+/// the end of the guest's console log. Create it before `boot`.
+#[derive(Debug)]
+pub struct GuestGuard {
+    name: String,
+}
+
+impl GuestGuard {
+    /// Guards guest `name`.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+        }
+    }
+
+    /// The guest's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for GuestGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let state = std::env::var("NOTIFYHUB_GUEST_STATE")
+                .unwrap_or_else(|_| "/run/notifyhub-guest".to_string());
+            let console = Path::new(&state).join(&self.name).join("console.log");
+            if let Ok(text) = std::fs::read_to_string(&console) {
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(60)..];
+                eprintln!(
+                    "---- {} (last 60 lines) ----\n{}\n----",
+                    console.display(),
+                    tail.join("\n")
+                );
+            }
+        }
+        // Synchronous and bounded: Drop cannot await.
+        let child = std::process::Command::new(real_guest_harness())
+            .args(["stop", &self.name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn();
+        let Ok(mut child) = child else {
+            eprintln!("cannot run real-systemd-guest stop {}", self.name);
+            return;
+        };
+        let deadline = Instant::now() + HARNESS_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    if !status.success() {
+                        eprintln!("real-systemd-guest stop {} exited with {status}", self.name);
+                    }
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    eprintln!("real-systemd-guest stop {} timed out", self.name);
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The HTTP side of the client commands: the hub's URL, requests, and what its answers mean.
+
+use std::time::Duration;
+
+use clap::Args;
+use reqwest::{StatusCode, Url};
+use serde_json::Value;
+
+use super::{Failure, Result, exit};
+
+/// The hub's default address: `notifyhub serve`'s default `--listen`.
+pub(crate) const DEFAULT_HUB: &str = "http://127.0.0.1:7370";
+
+/// How long to wait for a TCP connection to the hub.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an ordinary request (not a long-poll or a stream) may take.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the hub is: the global `--hub` option.
+#[derive(Debug, Args)]
+pub(crate) struct HubArgs {
+    /// The hub's URL, for wait, status, events and launch.
+    #[arg(
+        long = "hub",
+        global = true,
+        value_name = "URL",
+        env = "NOTIFYHUB_URL",
+        hide_env_values = true,
+        default_value = DEFAULT_HUB,
+        help_heading = "Hub"
+    )]
+    pub(crate) url: String,
+}
+
+/// A hub to ask.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    /// The base URL, its path ending in `/`.
+    base: Url,
+    http: reqwest::Client,
+}
+
+/// One answer of the hub.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    /// The body as received (`--json` prints it untouched).
+    pub(crate) body: String,
+}
+
+impl Hub {
+    /// A client of the hub at `args.url`: an `http://` URL, optionally with a path prefix (a
+    /// hub behind a reverse proxy).
+    pub(crate) fn new(args: &HubArgs) -> Result<Self> {
+        let mut base = Url::parse(&args.url).map_err(|error| {
+            Failure::usage(format_args!(
+                "invalid hub URL {:?}: {error} (expected http://HOST:PORT)",
+                args.url
+            ))
+        })?;
+        if base.scheme() != "http" {
+            return Err(Failure::usage(format_args!(
+                "invalid hub URL {:?}: only http:// is supported (expected http://HOST:PORT)",
+                args.url
+            )));
+        }
+        base.set_query(None);
+        base.set_fragment(None);
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("notifyhub/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| Failure::failed(format_args!("cannot set up HTTP: {error}")))?;
+        Ok(Self { base, http })
+    }
+
+    /// The URL of `/api/v1/` followed by `segments`, each percent-encoded as one path segment.
+    pub(crate) fn api_url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("an http URL has a path")
+            .pop_if_empty()
+            .extend(["api", "v1"])
+            .extend(segments);
+        url
+    }
+
+    /// `GET url`, its whole body within `timeout`.
+    pub(crate) async fn get(&self, url: Url, timeout: Duration) -> Result<Answer> {
+        let response = self
+            .http
+            .get(url.clone())
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error, timeout))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|error| self.unreachable(&error, timeout))?;
+        Ok(Answer { status, body })
+    }
+
+    /// `GET url` as a stream of Server-Sent Events; the response once its headers arrived.
+    pub(crate) async fn open_stream(&self, url: Url) -> Result<reqwest::Response> {
+        let response = self
+            .http
+            .get(url)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error, REQUEST_TIMEOUT))?;
+        let status = response.status();
+        if status == StatusCode::OK {
+            return Ok(response);
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(Answer { status, body }.unexpected())
+    }
+
+    /// The failure for a request that got no answer.
+    pub(crate) fn unreachable(&self, error: &reqwest::Error, timeout: Duration) -> Failure {
+        if error.is_timeout() {
+            return Failure::new(
+                exit::HUB,
+                format_args!(
+                    "the hub at {} did not answer within {} s",
+                    self.base,
+                    timeout.as_secs_f64()
+                ),
+            );
+        }
+        // reqwest's own message names the URL; the root cause says what happened.
+        let mut cause: &dyn std::error::Error = error;
+        while let Some(source) = cause.source() {
+            cause = source;
+        }
+        Failure::new(
+            exit::HUB,
+            format_args!(
+                "cannot reach the hub at {}: {cause} (is `notifyhub serve` running there? set \
+                 --hub or NOTIFYHUB_URL)",
+                self.base
+            ),
+        )
+    }
+}
+
+impl Answer {
+    /// The body as JSON.
+    pub(crate) fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.body).map_err(|error| {
+            Failure::new(
+                exit::HUB,
+                format_args!("the hub's answer is not JSON ({error}): {}", self.excerpt()),
+            )
+        })
+    }
+
+    /// The hub's `{"error": "..."}` sentence, else a short excerpt of the body.
+    pub(crate) fn error_message(&self) -> String {
+        serde_json::from_str::<Value>(&self.body)
+            .ok()
+            .and_then(|body| body.get("error")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("{}: {}", self.status, self.excerpt()))
+    }
+
+    /// The failure for a 404 of a guest's route: no such guest.
+    pub(crate) fn no_guest(&self) -> Failure {
+        Failure::new(exit::NO_GUEST, self.error_message())
+    }
+
+    /// The failure for an answer the command did not expect: 400 as a usage error (the hub
+    /// judged an argument), anything else as a hub error.
+    pub(crate) fn unexpected(&self) -> Failure {
+        match self.status {
+            StatusCode::BAD_REQUEST => Failure::usage(self.error_message()),
+            StatusCode::SERVICE_UNAVAILABLE => Failure::new(
+                exit::HUB,
+                format_args!("the hub is shutting down: {}", self.error_message()),
+            ),
+            status => Failure::new(
+                exit::HUB,
+                format_args!(
+                    "unexpected answer from the hub ({status}): {}",
+                    self.error_message()
+                ),
+            ),
+        }
+    }
+
+    fn excerpt(&self) -> String {
+        super::format::escape_line(&super::format::truncate(self.body.trim(), 200))
+    }
+}
+
+/// Runs `command` on a fresh Tokio runtime (the client commands are async; `send`, `parse` and
+/// the documentation commands need none).
+pub(crate) fn block_on<F: Future<Output = Result>>(command: F) -> Result {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Failure::failed(format_args!("cannot start the runtime: {error}")))?
+        .block_on(command)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub(url: &str) -> Result<Hub> {
+        Hub::new(&HubArgs { url: url.into() })
+    }
+
+    #[test]
+    fn api_urls_encode_segments() {
+        let plain = hub("http://127.0.0.1:7370").unwrap();
+        assert_eq!(
+            plain.api_url(&["guests", "web1", "wait"]).as_str(),
+            "http://127.0.0.1:7370/api/v1/guests/web1/wait"
+        );
+        let prefixed = hub("http://example.test/hub?x=1").unwrap();
+        assert_eq!(
+            prefixed.api_url(&["guests", "a/b"]).as_str(),
+            "http://example.test/hub/api/v1/guests/a%2Fb"
+        );
+        let slash = hub("http://example.test/hub/").unwrap();
+        assert_eq!(
+            slash.api_url(&["guests"]).as_str(),
+            "http://example.test/hub/api/v1/guests"
+        );
+    }
+
+    #[test]
+    fn bad_hub_urls_are_usage_errors() {
+        for url in [
+            "127.0.0.1:7370",
+            "https://example.test",
+            "not a url",
+            "unix:/run/x",
+        ] {
+            match hub(url) {
+                Err(Failure::Error { code, .. }) => assert_eq!(code, exit::USAGE, "{url}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn error_messages() {
+        let answer = Answer {
+            status: StatusCode::NOT_FOUND,
+            body: r#"{"error":"no guest named \"x\""}"#.into(),
+        };
+        assert_eq!(answer.error_message(), r#"no guest named "x""#);
+        let html = Answer {
+            status: StatusCode::BAD_GATEWAY,
+            body: "<html>\x1b[31mbad</html>".into(),
+        };
+        assert_eq!(
+            html.error_message(),
+            "502 Bad Gateway: <html>\\x1b[31mbad</html>"
+        );
+    }
+}
