@@ -17,6 +17,7 @@ pub mod pages;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod supervisor;
 pub mod viewer;
 pub mod vsock;
 

@@ -13,6 +13,7 @@ use tracing::info;
 
 use crate::registry::Registry;
 use crate::store::Hub;
+use crate::supervisor;
 use crate::vsock::{KernelListeners, VmGuest, VsockConfig, VsockSettings, VsockTasks};
 use crate::{AppState, launch, router};
 
@@ -190,12 +191,16 @@ impl Server {
         } = self;
         let shutdown = state.shutdown.clone();
         let registry = state.registry.clone();
+        // Every listener and guest socket is bound by now: the service manager may hear READY=1.
+        let supervisor = tokio::spawn(supervisor::report(state.hub.clone(), shutdown.clone()));
         let served = axum::serve(listener, router(state))
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;
         info!("stopped serving; removing the guests' sockets");
         vsock.stop().await;
         registry.close().await;
+        // It has sent STOPPING=1 once shutdown began.
+        let _ = supervisor.await;
         served
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use notifyhub_core::{
-    DropReason, Event, Guest, Milestone, ParseError, Sender, Snapshot, Timestamp, Wait,
+    DropReason, Event, Guest, Milestone, ParseError, Phase, Sender, Snapshot, Timestamp, Wait,
     WaitCondition, WaitOutcome,
 };
 use serde::{Serialize, Serializer};
@@ -531,6 +531,18 @@ impl Hub {
             last_event_id: state.log.last_id,
             guests: state.guests.values().map(Entry::detail).collect(),
         }
+    }
+
+    /// How many guests are in each phase now, in [`Phase::ALL`] order.
+    pub fn phase_counts(&self) -> [(Phase, usize); Phase::ALL.len()] {
+        let state = self.lock();
+        Phase::ALL.map(|phase| {
+            let count = state
+                .guests
+                .values()
+                .filter(|entry| entry.guest.phase() == phase);
+            (phase, count.count())
+        })
     }
 
     /// The newest hub event id (0 before the first event).
