@@ -421,12 +421,26 @@ fn readiness_timeout_names_the_boot_that_never_became_ready() {
 #[test]
 fn a_barrier_alone_starts_no_boot() {
     let (guest, events) = fed(&[b"BARRIER=1"]);
-    assert_eq!((guest.phase(), guest.snapshot().boot_count), (Phase::Registered, 0));
+    assert_eq!(
+        (guest.phase(), guest.snapshot().boot_count),
+        (Phase::Registered, 0)
+    );
     assert_eq!(guest.snapshot().messages, 1);
     assert!(events.is_empty());
-    let (guest, _) = fed(&[b"READY=1", b"BARRIER=1", b"X_SYSTEMD_SHUTDOWN=poweroff", b"BARRIER=1"]);
-    assert_eq!((guest.phase(), guest.snapshot().boot_count), (Phase::Off, 1));
+    let (guest, _) = fed(&[
+        b"READY=1",
+        b"BARRIER=1",
+        b"X_SYSTEMD_SHUTDOWN=poweroff",
+        b"BARRIER=1",
+    ]);
+    assert_eq!(
+        (guest.phase(), guest.snapshot().boot_count),
+        (Phase::Off, 1)
+    );
     // Anything more than the barrier does start the next boot.
     let (guest, _) = fed(&[b"X_SYSTEMD_SHUTDOWN=poweroff", b"BARRIER=1\nREADY=1"]);
-    assert_eq!((guest.phase(), guest.snapshot().boot_count), (Phase::Ready, 2));
+    assert_eq!(
+        (guest.phase(), guest.snapshot().boot_count),
+        (Phase::Ready, 2)
+    );
 }

@@ -143,9 +143,7 @@ async fn vm_boots_and_reboots_through_hybrid_vsock() {
     let hybrid = format!("{name}={uds}:{PORT}");
     let hub = Hub::start_with_args(&[], &["--hybrid", &hybrid]).await;
 
-    let (status, launch) = hub
-        .get_json(&format!("/api/v1/guests/{name}/launch"))
-        .await;
+    let (status, launch) = hub.get_json(&format!("/api/v1/guests/{name}/launch")).await;
     assert_eq!(status, StatusCode::OK, "{launch}");
     assert_eq!(launch["notify_socket"], format!("vsock-stream:2:{PORT}"));
     let socket = PathBuf::from(format!("{uds}_{PORT}"));
@@ -208,7 +206,10 @@ async fn vm_boots_and_reboots_through_hybrid_vsock() {
 
     let out = real_vm_guest(&["wait-exit", &name, "60"]).await;
     let exit = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(exit.starts_with("reboot vm-arg"), "QEMU ended with {exit:?}");
+    assert!(
+        exit.starts_with("reboot vm-arg"),
+        "QEMU ended with {exit:?}"
+    );
     drop(guard);
 
     let at = |is: &dyn Fn(&Value) -> bool| {

@@ -121,26 +121,24 @@ impl HybridListener {
         )?;
         // Linux's unix_bind() creates the file with the socket inode's mode less the umask.
         rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(mode))?;
-        // Registered with Tokio before bind(), so a panic outside a runtime leaves no file.
+        rustix::net::bind(&fd, &SocketAddrUnix::new(&path)?)?;
+        // The file exists from here on: removed again on an error, or a panic outside a runtime.
+        let file = BoundFile(Some(&path));
+        rustix::net::listen(&fd, BACKLOG)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        let meta = std::fs::symlink_metadata(&path)?;
+        // Registered with Tokio only once it listens: before listen() a stream socket polls as
+        // hung up (EPOLLHUP in TCP_CLOSE, `unix_poll()`), Tokio keeps a hang-up for good, and
+        // accept() would then spin on EAGAIN within one poll, should the I/O driver of another
+        // thread have seen the socket in between.
         let listener = UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))?;
-        rustix::net::bind(&listener, &SocketAddrUnix::new(&path)?)?;
-        let finish = || {
-            rustix::net::listen(&listener, BACKLOG)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-            std::fs::symlink_metadata(&path)
-        };
-        match finish() {
-            Ok(meta) => Ok(Self {
-                listener,
-                path,
-                file_id: (meta.dev(), meta.ino()),
-                guest_cid,
-            }),
-            Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                Err(e)
-            }
-        }
+        file.keep();
+        Ok(Self {
+            listener,
+            path,
+            file_id: (meta.dev(), meta.ino()),
+            guest_cid,
+        })
     }
 
     /// The socket file's path, `<uds_path>_<port>`.
@@ -189,6 +187,23 @@ impl Acceptor for HybridListener {
 impl Drop for HybridListener {
     fn drop(&mut self) {
         remove_if_same(&self.path, self.file_id);
+    }
+}
+
+/// A socket file just bound: removed when dropped, unless kept.
+struct BoundFile<'a>(Option<&'a Path>);
+
+impl BoundFile<'_> {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for BoundFile<'_> {
+    fn drop(&mut self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

@@ -312,3 +312,34 @@ async fn bind_mode_and_path_length() {
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("107"), "{err}");
 }
+
+/// Bound while another thread's I/O driver sits in `epoll_wait`, a listener still accepts.
+/// (Registered with Tokio before `listen()`, a stream socket polls as hung up, `unix_poll()`;
+/// Tokio keeps a hang-up for good, and `accept()` then spun on `EAGAIN` within one poll.)
+#[test]
+fn accepts_when_bound_while_the_driver_polls() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let all_accepted = runtime.block_on(async {
+        for _ in 0..50 {
+            let mut hub = Hub::start(ListenerConfig::default());
+            let mut conn = UnixStream::connect(&hub.path).await.unwrap();
+            conn.write_all(b"READY=1").await.unwrap();
+            conn.shutdown().await.unwrap();
+            match tokio::time::timeout(Duration::from_secs(5), hub.events.recv()).await {
+                Ok(Some(event)) => assert_eq!(event.received, message(b"READY=1", End::Eof)),
+                _ => return false,
+            }
+            hub.stop().await;
+        }
+        true
+    });
+    if !all_accepted {
+        // Its worker spins inside one poll, which would hang the runtime's drop.
+        std::mem::forget(runtime);
+        panic!("a listener did not accept within 5 s");
+    }
+}

@@ -91,7 +91,9 @@ impl From<RegisterError> for ApiError {
             RegisterError::InvalidName(_)
             | RegisterError::PathTooLong { .. }
             | RegisterError::InvalidVsock(_) => StatusCode::BAD_REQUEST,
-            RegisterError::Exists(_) | RegisterError::CidTaken { .. } => StatusCode::CONFLICT,
+            RegisterError::Exists(_)
+            | RegisterError::CidTaken { .. }
+            | RegisterError::SocketTaken { .. } => StatusCode::CONFLICT,
             RegisterError::Bind { source, .. }
                 if matches!(
                     source.kind(),

@@ -66,6 +66,8 @@ struct Receiver {
     listener: Option<JoinHandle<io::Result<()>>>,
     /// The kernel vsock CID it is routed by.
     cid: Option<u32>,
+    /// Its hybrid vsock socket, `<uds_path>_<port>`.
+    hybrid_socket: Option<String>,
 }
 
 /// Where [`vsock::route`] takes the events of one CID: the guest, and the receive loop to wake
@@ -112,6 +114,14 @@ pub enum RegisterError {
     CidTaken {
         /// The CID.
         cid: u32,
+        /// The guest that has it.
+        guest: String,
+    },
+    /// Another guest has that hybrid vsock socket.
+    #[error("hybrid vsock socket {socket} is guest {guest:?}'s already")]
+    SocketTaken {
+        /// `<uds_path>_<port>`.
+        socket: String,
         /// The guest that has it.
         guest: String,
     },
@@ -292,6 +302,18 @@ impl Registry {
                 guest: taken.name.clone(),
             });
         }
+        // Checked here, not left to the bind: its probe of a live socket would reach that guest
+        // as an empty message.
+        if let Some(hybrid) = reach.hybrid()
+            && let Some((guest, _)) = receivers
+                .iter()
+                .find(|(_, receiver)| receiver.hybrid_socket.as_deref() == Some(hybrid.socket()))
+        {
+            return Err(RegisterError::SocketTaken {
+                socket: hybrid.socket().to_owned(),
+                guest: guest.clone(),
+            });
+        }
         // The hybrid socket first: should the notify socket fail, dropping it removes its file.
         let hybrid = reach
             .hybrid()
@@ -348,6 +370,7 @@ impl Registry {
                 task,
                 listener,
                 cid,
+                hybrid_socket: reach.hybrid().map(|hybrid| hybrid.socket().to_owned()),
             },
         );
         match &reach {

@@ -237,7 +237,6 @@ async fn hybrid_guest_is_identified_by_its_socket() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hybrid_guests_come_and_go_over_the_api() {
-    let _ = tracing_subscriber::fmt().with_env_filter("notifyhub_web=trace,notifyhub_transport_vsock=trace").with_writer(std::io::stderr).try_init();
     let mut hub = FakeHub::start(VsockSettings::default()).await;
     let uds = hub.tmp.path().join("fc1.vsock");
     let socket = PathBuf::from(format!("{}_{PORT}", uds.display()));
@@ -260,7 +259,16 @@ async fn hybrid_guests_come_and_go_over_the_api() {
     // The socket is the identity: a second guest cannot have it.
     let (status, body) = hub.post(json!({"name": "fc2", "hybrid": hybrid})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        body["error"],
+        format!(
+            r#"hybrid vsock socket {} is guest "fc1"'s already"#,
+            socket.display()
+        )
+    );
     assert!(!exists(&hub.tmp.path().join("guests/fc2")), "nothing left");
+    let (_, guest) = hub.get("/api/v1/guests/fc1").await;
+    assert_eq!(guest["messages"], 1, "and nothing reached fc1");
 
     let response = hub
         .client
