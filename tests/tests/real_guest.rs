@@ -5,124 +5,14 @@
 //! the reason to `<target>/real-guest-skip-reason`; these tests then print
 //! `SKIPPED real guest: <reason>` and pass, and `scripts/test`'s summary says so.
 
-use std::path::Path;
-use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
-
-use notifyhub_tests::{Hub, real_guest_harness, real_guest_skip_reason};
+use notifyhub_tests::Hub;
+use notifyhub_tests::real_guest::{GuestGuard, harness, harness_unchecked, skip};
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::process::Command;
 
-/// Bound for one harness command (boot returns in < 0.3 s, exec in < 0.1 s, stop < 0.3 s).
-const HARNESS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Long-poll bound for a guest milestone (READY=1 arrives < 2 s after boot on 2 cores).
 const WAIT_SECS: u64 = 60;
-
-/// Whether to skip, printing why.
-fn skip() -> bool {
-    match real_guest_skip_reason() {
-        Some(reason) => {
-            println!("SKIPPED real guest: {reason}");
-            true
-        }
-        None => false,
-    }
-}
-
-/// Runs `real-systemd-guest ARGS...`, bounded by [`HARNESS_TIMEOUT`]; asserts it exits 0.
-async fn harness(args: &[&str]) -> Output {
-    let out = harness_unchecked(args).await;
-    assert!(
-        out.status.success(),
-        "real-systemd-guest {args:?} exited with {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    out
-}
-
-async fn harness_unchecked(args: &[&str]) -> Output {
-    let child = Command::new(real_guest_harness())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn real-systemd-guest");
-    tokio::time::timeout(HARNESS_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| {
-            panic!("real-systemd-guest {args:?} still running after {HARNESS_TIMEOUT:?}")
-        })
-        .expect("wait for real-systemd-guest")
-}
-
-/// Stops guest `name` when dropped, on success and on failure alike; on failure it first prints
-/// the end of the guest's console log.
-struct GuestGuard {
-    name: String,
-}
-
-impl GuestGuard {
-    fn new(name: &str) -> Self {
-        Self {
-            name: name.to_string(),
-        }
-    }
-}
-
-impl Drop for GuestGuard {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let state = std::env::var("NOTIFYHUB_GUEST_STATE")
-                .unwrap_or_else(|_| "/run/notifyhub-guest".to_string());
-            let console = Path::new(&state).join(&self.name).join("console.log");
-            if let Ok(text) = std::fs::read_to_string(&console) {
-                let tail: Vec<&str> = text.lines().rev().take(60).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                eprintln!(
-                    "---- {} (last 60 lines) ----\n{}\n----",
-                    console.display(),
-                    tail.join("\n")
-                );
-            }
-        }
-        // Synchronous and bounded: Drop cannot await.
-        let child = std::process::Command::new(real_guest_harness())
-            .args(["stop", &self.name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn();
-        let Ok(mut child) = child else {
-            eprintln!("cannot run real-systemd-guest stop {}", self.name);
-            return;
-        };
-        let deadline = Instant::now() + HARNESS_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => {
-                    if !status.success() {
-                        eprintln!("real-systemd-guest stop {} exited with {status}", self.name);
-                    }
-                    return;
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    eprintln!("real-systemd-guest stop {} timed out", self.name);
-                    return;
-                }
-            }
-        }
-    }
-}
 
 /// The machine ID the harness gives guest `name`: the first 32 hex digits of sha256(name).
 async fn expected_machine_id(name: &str) -> String {
