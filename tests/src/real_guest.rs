@@ -2,13 +2,16 @@
 //! stop a guest whatever happens ([`GuestGuard`]). The skip rule is
 //! [`real_guest_skip_reason`](crate::real_guest_skip_reason); [`skip`] prints it.
 
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::process::Command;
 
-use crate::{real_guest_harness, real_guest_skip_reason};
+use reqwest::StatusCode;
+
+use crate::{Hub, real_guest_harness, real_guest_skip_reason};
 
 /// Bound for one harness command (boot returns in < 0.3 s, exec in < 0.1 s, stop < 0.3 s).
 pub const HARNESS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -132,5 +135,86 @@ impl Drop for GuestGuard {
                 }
             }
         }
+    }
+}
+
+/// A booted guest reporting to its own hub, with the `notifyhub` binary under test installed
+/// at /usr/bin/notifyhub inside it (see [`boot_with_hub_binary`]).
+#[derive(Debug)]
+pub struct Booted {
+    /// The hub the guest reports to.
+    pub hub: Hub,
+    /// Stops the guest when dropped.
+    pub guard: GuestGuard,
+    /// The guest's root directory seen from the host (`/proc/PID/root`).
+    pub root: PathBuf,
+}
+
+/// Boots a guest named PREFIX + our pid against a fresh hub, waits until it is `booted`, and
+/// installs the `notifyhub` binary under test at /usr/bin/notifyhub in it, as a package would.
+pub async fn boot_with_hub_binary(prefix: &str) -> Booted {
+    let name = format!("{prefix}{}", std::process::id());
+    let hub = Hub::start(&[&name]).await;
+    let guard = GuestGuard::new(&name);
+    let socket = hub.socket(&name);
+    let out = harness(&[
+        "boot",
+        guard.name(),
+        "--notify-socket",
+        socket.to_str().unwrap(),
+    ])
+    .await;
+    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let (status, guest) = hub.wait(&name, "booted", 60).await;
+    assert_eq!(status, StatusCode::OK, "{guest:#}");
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    std::fs::copy(crate::hub_binary(), root.join("usr/bin/notifyhub")).unwrap();
+    Booted { hub, guard, root }
+}
+
+impl Booted {
+    /// Writes `text` to `path` (relative to the guest's root) with `mode`.
+    pub fn write(&self, path: &str, text: &str, mode: u32) {
+        let path = self.root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// `real-systemd-guest exec NAME ARGS...`, asserting exit 0; its stdout, trimmed.
+    pub async fn run(&self, args: &[&str]) -> String {
+        let mut all = vec!["exec", self.guard.name()];
+        all.extend_from_slice(args);
+        String::from_utf8_lossy(&harness(&all).await.stdout)
+            .trim()
+            .to_string()
+    }
+
+    /// As [`Booted::run`], whatever the exit status (`systemctl is-active` exits 3 unless
+    /// active).
+    pub async fn run_unchecked(&self, args: &[&str]) -> String {
+        let mut all = vec!["exec", self.guard.name()];
+        all.extend_from_slice(args);
+        String::from_utf8_lossy(&harness_unchecked(&all).await.stdout)
+            .trim()
+            .to_string()
+    }
+
+    /// `systemctl show -p PROPERTY --value UNIT` in the guest.
+    pub async fn show(&self, property: &str, unit: &str) -> String {
+        self.run(&["systemctl", "show", "-p", property, "--value", unit])
+            .await
+    }
+
+    /// The text of `path` (relative to the guest's root).
+    pub fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.root.join(path))
+            .unwrap_or_else(|e| panic!("{}: {e}", Path::new(path).display()))
+    }
+
+    /// Shuts the hub down and stops the guest.
+    pub async fn stop(self) {
+        self.hub.shutdown().await;
+        drop(self.guard);
     }
 }

@@ -3,13 +3,9 @@
 //! `notifyhub send` is given an argument with a newline (`STATUS=x\nREADY=1`, an injection of
 //! READY=1) is refused by `notifyhub send`, so the unit stays `activating`.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notifyhub_tests::Hub;
-use notifyhub_tests::real_guest::{GuestGuard, harness, harness_unchecked, skip};
-use reqwest::StatusCode;
+use notifyhub_tests::real_guest::{boot_with_hub_binary as boot, skip};
 
 const READY_UNIT: &str = "\
 [Unit]
@@ -40,80 +36,6 @@ NotifyAccess=all
 TimeoutStartSec=60
 ExecStart=/usr/local/bin/nh-inject
 ";
-
-/// A booted guest with `notifyhub` at /usr/bin/notifyhub and the test units installed.
-struct Booted {
-    hub: Hub,
-    guard: GuestGuard,
-    root: PathBuf,
-}
-
-async fn boot(prefix: &str) -> Booted {
-    let name = format!("{prefix}{}", std::process::id());
-    let hub = Hub::start(&[&name]).await;
-    let guard = GuestGuard::new(&name);
-    let socket = hub.socket(&name);
-    let out = harness(&[
-        "boot",
-        guard.name(),
-        "--notify-socket",
-        socket.to_str().unwrap(),
-    ])
-    .await;
-    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let (status, guest) = hub.wait(&name, "booted", 60).await;
-    assert_eq!(status, StatusCode::OK, "{guest:#}");
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
-    std::fs::copy(
-        notifyhub_tests::hub_binary(),
-        root.join("usr/bin/notifyhub"),
-    )
-    .unwrap();
-    Booted { hub, guard, root }
-}
-
-impl Booted {
-    fn write(&self, path: &str, text: &str, mode: u32) {
-        let path = self.root.join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, text).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-
-    /// `real-systemd-guest exec NAME ARGS...`, asserting exit 0; its stdout, trimmed.
-    async fn run(&self, args: &[&str]) -> String {
-        let mut all = vec!["exec", self.guard.name()];
-        all.extend_from_slice(args);
-        String::from_utf8_lossy(&harness(&all).await.stdout)
-            .trim()
-            .to_string()
-    }
-
-    /// As [`Booted::run`], whatever the exit status (`systemctl is-active` exits 3 unless
-    /// active).
-    async fn run_unchecked(&self, args: &[&str]) -> String {
-        let mut all = vec!["exec", self.guard.name()];
-        all.extend_from_slice(args);
-        String::from_utf8_lossy(&harness_unchecked(&all).await.stdout)
-            .trim()
-            .to_string()
-    }
-
-    async fn show(&self, property: &str, unit: &str) -> String {
-        self.run(&["systemctl", "show", "-p", property, "--value", unit])
-            .await
-    }
-
-    fn read(&self, path: &str) -> String {
-        std::fs::read_to_string(self.root.join(path))
-            .unwrap_or_else(|e| panic!("{}: {e}", Path::new(path).display()))
-    }
-
-    async fn stop(self) {
-        self.hub.shutdown().await;
-        drop(self.guard);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_guest_type_notify_unit_becomes_active_through_notifyhub_send() {

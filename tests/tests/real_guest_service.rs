@@ -5,9 +5,7 @@
 
 use std::path::PathBuf;
 
-use notifyhub_tests::Hub;
-use notifyhub_tests::real_guest::{GuestGuard, harness, skip};
-use reqwest::StatusCode;
+use notifyhub_tests::real_guest::{boot_with_hub_binary, skip};
 
 fn unit_file() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contrib/systemd/notifyhub.service")
@@ -40,85 +38,38 @@ async fn real_guest_runs_the_hub_as_a_type_notify_service() {
     if skip() {
         return;
     }
-    let name = format!("nhsvc{}", std::process::id());
-    let hub = Hub::start(&[&name]).await;
-    let guard = GuestGuard::new(&name);
-    let socket = hub.socket(&name);
-    let out = harness(&[
-        "boot",
-        guard.name(),
-        "--notify-socket",
-        socket.to_str().unwrap(),
-    ])
-    .await;
-    let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let (status, _) = hub.wait(&name, "booted", 60).await;
-    assert_eq!(status, StatusCode::OK);
-
-    // Install the binary under test and the unit, as a package would.
-    let root = PathBuf::from(format!("/proc/{pid}/root"));
-    std::fs::copy(
-        notifyhub_tests::hub_binary(),
-        root.join("usr/bin/notifyhub"),
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("etc/systemd/system/notifyhub.service"),
-        unit_for("/usr/bin/notifyhub"),
-    )
-    .unwrap();
-    let exec = |args: &[&str]| {
-        let mut all = vec!["exec", guard.name()];
-        all.extend_from_slice(args);
-        all.into_iter().map(str::to_string).collect::<Vec<_>>()
-    };
-    let run = |args: Vec<String>| async move {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        String::from_utf8_lossy(&harness(&args).await.stdout)
-            .trim()
-            .to_string()
-    };
-    run(exec(&["systemctl", "daemon-reload"])).await;
+    let guest = boot_with_hub_binary("nhsvc").await;
+    guest.write(
+        "etc/systemd/system/notifyhub.service",
+        &unit_for("/usr/bin/notifyhub"),
+        0o644,
+    );
+    guest.run(&["systemctl", "daemon-reload"]).await;
     // Type=notify: `systemctl start` returns once the hub sent READY=1.
-    run(exec(&["systemctl", "start", "notifyhub.service"])).await;
+    guest
+        .run(&["systemctl", "start", "notifyhub.service"])
+        .await;
     assert_eq!(
-        run(exec(&["systemctl", "is-active", "notifyhub.service"])).await,
+        guest
+            .run(&["systemctl", "is-active", "notifyhub.service"])
+            .await,
         "active"
     );
     assert_eq!(
-        run(exec(&[
-            "systemctl",
-            "show",
-            "-p",
-            "StatusText",
-            "--value",
-            "notifyhub.service"
-        ]))
-        .await,
+        guest.show("StatusText", "notifyhub.service").await,
         "0 guests"
     );
     // The hub in the guest answers on its default address.
-    let status = run(exec(&["notifyhub", "status", "--json"])).await;
+    let status = guest.run(&["notifyhub", "status", "--json"]).await;
     let json: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(json["guests"], serde_json::json!([]));
     // Its run directory came from RuntimeDirectory=.
     assert_eq!(
-        run(exec(&["ls", "-d", "/run/notifyhub"])).await,
+        guest.run(&["ls", "-d", "/run/notifyhub"]).await,
         "/run/notifyhub"
     );
 
-    run(exec(&["systemctl", "stop", "notifyhub.service"])).await;
-    assert_eq!(
-        run(exec(&[
-            "systemctl",
-            "show",
-            "-p",
-            "Result",
-            "--value",
-            "notifyhub.service"
-        ]))
-        .await,
-        "success"
-    );
-    hub.shutdown().await;
+    guest.run(&["systemctl", "stop", "notifyhub.service"]).await;
+    assert_eq!(guest.show("Result", "notifyhub.service").await, "success");
+    guest.stop().await;
 }
