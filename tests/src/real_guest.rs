@@ -42,20 +42,25 @@ pub async fn harness(args: &[&str]) -> Output {
 
 /// Runs `real-systemd-guest ARGS...`, bounded by [`HARNESS_TIMEOUT`], whatever its exit status.
 pub async fn harness_unchecked(args: &[&str]) -> Output {
-    let child = Command::new(real_guest_harness())
+    run_bounded(&real_guest_harness(), args, HARNESS_TIMEOUT).await
+}
+
+/// Runs `program ARGS...` with no stdin and its output captured, whatever its exit status;
+/// panics if it is still running after `timeout` (it is killed then).
+pub async fn run_bounded(program: &Path, args: &[&str], timeout: Duration) -> Output {
+    let name = program.display();
+    let child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn real-systemd-guest");
-    tokio::time::timeout(HARNESS_TIMEOUT, child.wait_with_output())
+        .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+    tokio::time::timeout(timeout, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| {
-            panic!("real-systemd-guest {args:?} still running after {HARNESS_TIMEOUT:?}")
-        })
-        .expect("wait for real-systemd-guest")
+        .unwrap_or_else(|_| panic!("{name} {args:?} still running after {timeout:?}"))
+        .unwrap_or_else(|e| panic!("wait for {name}: {e}"))
 }
 
 /// `real-systemd-guest wait-exit NAME SECS`: how the container ended (`reboot`, `poweroff`,

@@ -16,10 +16,10 @@ use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use notifyhub_tests::real_guest::run_bounded;
 use notifyhub_tests::{Hub, shared_dir, target_dir};
 use reqwest::StatusCode;
 use serde_json::Value;
-use tokio::process::Command;
 
 /// The host port the guest connects to.
 const PORT: u32 = 9999;
@@ -61,18 +61,7 @@ fn skip_reason() -> Option<String> {
 
 /// Runs `real-vm-guest ARGS...` within [`TOOL_TIMEOUT`].
 async fn real_vm_guest(args: &[&str]) -> Output {
-    let child = Command::new(tool())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn real-vm-guest");
-    tokio::time::timeout(TOOL_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("real-vm-guest {args:?} still running after {TOOL_TIMEOUT:?}"))
-        .expect("wait for real-vm-guest")
+    run_bounded(&tool(), args, TOOL_TIMEOUT).await
 }
 
 /// Stops the VM however the test ends (`real-vm-guest stop` kills its processes by PID and
