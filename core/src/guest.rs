@@ -36,6 +36,7 @@ const BOOTED_TARGETS: [&str; 2] = ["multi-user.target", "graphical.target"];
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Phase {
     /// `registered`: no message yet.
     Registered,
@@ -112,7 +113,7 @@ impl FromStr for Phase {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(
     feature = "serde",
-    derive(serde::Serialize),
+    derive(serde::Serialize, serde::Deserialize),
     serde(rename_all = "snake_case")
 )]
 #[non_exhaustive]
@@ -150,7 +151,9 @@ impl From<ParseError> for DropReason {
 /// Counts of what was dropped for one guest, by [`DropReason`]. Serialised as an object with
 /// every counter, e.g. `{"oversize": 1, "embedded_nul": 0, …}`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Drops {
     /// See [`DropReason::Oversize`].
     pub oversize: u64,
@@ -201,7 +204,8 @@ impl Drops {
 
 /// How a boot ended, from `systemd-shutdown`'s last message (`src/shutdown/shutdown.c`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Shutdown {
     /// `X_SYSTEMD_SHUTDOWN=`: `reboot`, `poweroff`, `halt`, `kexec` or `exit`.
     pub verb: String,
@@ -214,10 +218,11 @@ pub struct Shutdown {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(
     feature = "serde",
-    derive(serde::Serialize),
+    derive(serde::Serialize, serde::Deserialize),
     serde(tag = "type", rename_all = "snake_case")
 )]
 #[non_exhaustive]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Event {
     /// The first message, or a new boot: `soft-reboot.target` became active, a message arrived
     /// after `off`, or PID 1 sent its hostname or machine ID a second time (the guest restarted
@@ -293,7 +298,8 @@ impl Event {
 
 /// One entry of a guest's boot timeline.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Milestone {
     /// When the message that caused it was received.
     pub at: Timestamp,
@@ -311,6 +317,7 @@ pub struct Milestone {
 /// new boot starts; `hostname` and `machine_id` are kept until the guest sends new ones.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Snapshot {
     /// The guest's name.
     pub name: String,
@@ -387,6 +394,7 @@ impl Snapshot {
 
 /// What belongs to one boot and is reset when the next starts.
 #[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 struct Boot {
     ready: bool,
     reloading: bool,
@@ -443,7 +451,11 @@ impl Boot {
 /// assert_eq!(phases, [Phase::Ready]);
 /// assert_eq!(guest.snapshot().status.as_deref(), Some("Ready."));
 /// ```
+///
+/// With the `serde` feature a guest serialises whole (but for undrained events), so a store can
+/// checkpoint it and go on from there; the format is internal and may change between versions.
 #[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Guest {
     name: String,
     registered_at: Timestamp,
@@ -458,6 +470,7 @@ pub struct Guest {
     drops: Drops,
     phase: Phase,
     timeline: VecDeque<Milestone>,
+    #[cfg_attr(feature = "serde", serde(skip))]
     events: VecDeque<Event>,
     ready_timeout_usec: Option<u64>,
     timeline_capacity: usize,

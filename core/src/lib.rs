@@ -8,7 +8,8 @@
 //! [`NotifyAddress`]). It has no networking code and never
 //! reads a clock: the driver (a transport, a log replay, the browser) passes the bytes, who sent
 //! them ([`Sender`]) and the time ([`Timestamp`], µs). It builds for `wasm32` and `no_std` + alloc
-//! (disable the default `std` feature); the `serde` feature derives `Serialize` for the outputs.
+//! (disable the default `std` feature); the `serde` feature derives `Serialize` for the outputs,
+//! and `openapi` (std only) their OpenAPI schemas (utoipa `ToSchema`) for the hub's REST API spec.
 //!
 //! The rules follow systemd's own receivers; `../shared/protocol.md` in the project lists each
 //! with its source file.
@@ -38,7 +39,8 @@
 //! assert_eq!(snapshot.hostname.as_deref(), Some("probe-guest"));
 //! assert!(snapshot.is_active("ssh-access.target"));
 //! ```
-#![no_std]
+// utoipa's derives (`openapi`, which implies `std`) expand to std's prelude: `Vec`, `vec!`, …
+#![cfg_attr(not(feature = "openapi"), no_std)]
 #![warn(missing_docs)]
 
 extern crate alloc;

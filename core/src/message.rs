@@ -284,6 +284,7 @@ impl KeySet {
     derive(serde::Serialize),
     serde(rename_all = "snake_case")
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Watchdog {
     /// `WATCHDOG=1`: keep-alive ping.
     Ping,
@@ -298,6 +299,7 @@ pub enum Watchdog {
     derive(serde::Serialize),
     serde(rename_all = "snake_case")
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NotifyAccess {
     /// `none`
     None,
@@ -321,6 +323,7 @@ pub enum NotifyAccess {
 /// `"ignored"`: the wire names of ignored keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub struct Message<'a> {
     #[cfg_attr(feature = "serde", serde(skip))]
@@ -417,6 +420,7 @@ pub struct Message<'a> {
     /// Known keys whose first value was invalid (or, for flags, a line such as `READY=0`), and
     /// so had no effect.
     #[cfg_attr(feature = "serde", serde(skip_serializing_if = "KeySet::is_none"))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub ignored: KeySet,
 }
 
@@ -478,6 +482,7 @@ pub fn split_assignment(line: &[u8]) -> Option<(&[u8], &[u8])> {
 /// [`ParseError::TooLarge`] above [`MAX_DATAGRAM_LEN`] bytes; [`ParseError::EmbeddedNul`] for a
 /// NUL byte anywhere but the very end. Nothing else fails: invalid values are listed in
 /// [`Message::ignored`], unknown keys and lines without `=` are kept in [`Message::lines`].
+#[inline]
 pub fn parse(datagram: &[u8]) -> Result<Message<'_>, ParseError> {
     if datagram.len() > MAX_DATAGRAM_LEN {
         return Err(ParseError::TooLarge {
@@ -607,11 +612,7 @@ impl<'a> Message<'a> {
             Key::ExtendTimeoutUsec => set(&mut self.extend_timeout_usec, parse_u64(value)),
             Key::FdName => set(
                 &mut self.fd_name,
-                ascii(value).filter(|s| {
-                    s.len() <= 255
-                        && s.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
-                        && !s.contains(':')
-                }),
+                ascii_in_class(value, 0..=255, GRAPHIC | SPACE).filter(|s| !s.contains(':')),
             ),
             Key::SignalsLevel => set(
                 &mut self.signals_level,
@@ -619,28 +620,15 @@ impl<'a> Message<'a> {
             ),
             Key::MachineId => set(
                 &mut self.machine_id,
-                ascii(value).filter(|s| {
-                    s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-                }),
+                ascii_in_class(value, 32..=32, LOWER_HEX),
             ),
             Key::Hostname => set(
                 &mut self.hostname,
                 text(value, 64).filter(|s| !s.is_empty()),
             ),
-            Key::UnitActive => set(
-                &mut self.unit_active,
-                ascii(value).filter(|s| is_valid_unit_name(s)),
-            ),
-            Key::UnitInactive => set(
-                &mut self.unit_inactive,
-                ascii(value).filter(|s| is_valid_unit_name(s)),
-            ),
-            Key::Shutdown => set(
-                &mut self.shutdown,
-                ascii(value).filter(|s| {
-                    (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
-                }),
-            ),
+            Key::UnitActive => set(&mut self.unit_active, unit_name(value)),
+            Key::UnitInactive => set(&mut self.unit_inactive, unit_name(value)),
+            Key::Shutdown => set(&mut self.shutdown, ascii_in_class(value, 1..=64, GRAPHIC)),
             Key::RebootParameter => set(&mut self.reboot_parameter, text(value, 255)),
             // Flags are set through `flag_mut`.
             _ => false,
@@ -660,8 +648,10 @@ fn parse_u64(value: &[u8]) -> Option<u64> {
     })
 }
 
-fn ascii(value: &[u8]) -> Option<&str> {
-    if value.is_ascii() {
+/// `value` as text when its length is in `len` and every byte is in `class` (all classes are
+/// ASCII, so the UTF-8 check cannot fail).
+fn ascii_in_class(value: &[u8], len: core::ops::RangeInclusive<usize>, class: u8) -> Option<&str> {
+    if len.contains(&value.len()) && all_in_class(value, class) {
         str::from_utf8(value).ok()
     } else {
         None
@@ -677,18 +667,153 @@ fn text(value: &[u8], max: usize) -> Option<&str> {
 
 /// A D-Bus or Varlink error name: 1 to 255 printable ASCII characters without spaces.
 fn error_name(value: &[u8]) -> Option<&str> {
-    ascii(value).filter(|s| (1..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()))
+    ascii_in_class(value, 1..=255, GRAPHIC)
 }
 
 /// Whether `name` is a plausible unit name: 2 to 255 bytes of `[A-Za-z0-9:_.\\@-]` with a `.`
 /// before a suffix, not starting with `.` (after `unit_name_is_valid()`, `src/basic/unit-name.c`,
 /// which allows the same characters and length). Used to keep guest-supplied unit names sane.
 pub fn is_valid_unit_name(name: &str) -> bool {
-    let valid_chars = name.bytes().all(|b| {
-        b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'\\' | b'@' | b'-')
-    });
-    (2..=255).contains(&name.len())
-        && valid_chars
-        && !name.starts_with('.')
-        && name.rfind('.').is_some_and(|dot| dot + 1 < name.len())
+    is_unit_name(name.as_bytes())
+}
+
+/// `value` as text when it is a valid unit name ([`is_valid_unit_name`]).
+fn unit_name(value: &[u8]) -> Option<&str> {
+    if is_unit_name(value) {
+        // Unit name bytes are ASCII: this cannot fail.
+        str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
+/// [`is_valid_unit_name`] on bytes, in one pass: the class check and the position of the last dot.
+fn is_unit_name(bytes: &[u8]) -> bool {
+    let mut last_dot = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !is_class(b, UNIT_NAME) {
+            return false;
+        }
+        if b == b'.' {
+            last_dot = Some(i);
+        }
+    }
+    (2..=255).contains(&bytes.len())
+        && bytes[0] != b'.'
+        && last_dot.is_some_and(|dot| dot + 1 < bytes.len())
+}
+
+/// Byte classes of [`BYTE_CLASSES`], one bit each.
+const UNIT_NAME: u8 = 1;
+/// `is_ascii_graphic()`: `!` to `~`.
+const GRAPHIC: u8 = 2;
+/// `0-9a-f`.
+const LOWER_HEX: u8 = 4;
+/// A decimal digit.
+const DIGIT: u8 = 8;
+/// ` `.
+const SPACE: u8 = 16;
+
+/// The classes of every byte value: one table load per byte instead of a chain of range compares
+/// (validation runs over every value of every datagram).
+const BYTE_CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let mut class = 0;
+        if c.is_ascii_alphanumeric() || matches!(c, b':' | b'_' | b'.' | b'\\' | b'@' | b'-') {
+            class |= UNIT_NAME;
+        }
+        if c.is_ascii_graphic() {
+            class |= GRAPHIC;
+        }
+        if matches!(c, b'0'..=b'9' | b'a'..=b'f') {
+            class |= LOWER_HEX;
+        }
+        if c.is_ascii_digit() {
+            class |= DIGIT;
+        }
+        if c == b' ' {
+            class |= SPACE;
+        }
+        table[b] = class;
+        b += 1;
+    }
+    table
+};
+
+/// Whether byte `b` is in `class` (one of the class bits above).
+#[inline]
+fn is_class(b: u8, class: u8) -> bool {
+    BYTE_CLASSES[usize::from(b)] & class != 0
+}
+
+/// Whether every byte of `value` is in `class`.
+#[inline]
+fn all_in_class(value: &[u8], class: u8) -> bool {
+    value.iter().all(|&b| is_class(b, class))
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::format;
+    use alloc::string::String;
+    use alloc::vec;
+
+    use super::*;
+
+    /// The byte-class table says exactly what the plain predicates say, for every byte.
+    #[test]
+    fn byte_classes_match_the_predicates() {
+        for b in 0..=u8::MAX {
+            let unit =
+                b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'\\' | b'@' | b'-');
+            assert_eq!(is_class(b, UNIT_NAME), unit, "unit name byte {b:#04x}");
+            assert_eq!(
+                is_class(b, GRAPHIC),
+                b.is_ascii_graphic(),
+                "graphic {b:#04x}"
+            );
+            assert_eq!(
+                is_class(b, LOWER_HEX),
+                matches!(b, b'0'..=b'9' | b'a'..=b'f'),
+                "hex {b:#04x}"
+            );
+            assert_eq!(is_class(b, DIGIT), b.is_ascii_digit(), "digit {b:#04x}");
+            assert_eq!(is_class(b, SPACE), b == b' ', "space {b:#04x}");
+        }
+    }
+
+    /// The one-pass unit name check agrees with its definition (the pre-table version).
+    #[test]
+    fn unit_name_check_matches_its_definition() {
+        fn definition(name: &str) -> bool {
+            let valid_chars = name.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'\\' | b'@' | b'-')
+            });
+            (2..=255).contains(&name.len())
+                && valid_chars
+                && !name.starts_with('.')
+                && name.rfind('.').is_some_and(|dot| dot + 1 < name.len())
+        }
+        let alphabet = ["a", ".", "-", "@", "\\", "é", " ", "target", "x.y"];
+        let mut names = vec![
+            String::new(),
+            "a".repeat(254) + ".t",
+            "a".repeat(255) + ".t",
+        ];
+        // Every string of up to 4 pieces of the alphabet.
+        let mut frontier = vec![String::new()];
+        for _ in 0..4 {
+            frontier = frontier
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |p| format!("{s}{p}")))
+                .collect();
+            names.extend(frontier.iter().cloned());
+        }
+        for name in &names {
+            assert_eq!(is_valid_unit_name(name), definition(name), "{name:?}");
+        }
+    }
 }

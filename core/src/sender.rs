@@ -6,6 +6,7 @@
 /// (`sd_pid_notify(3)`), so it identifies a process, not a guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Credentials {
     /// Process ID; 0 when the sender is not visible in the receiver's pid namespace.
     pub pid: u32,
@@ -23,6 +24,7 @@ pub struct Credentials {
     serde(tag = "transport", rename_all = "snake_case")
 )]
 #[non_exhaustive]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Sender {
     /// An `AF_UNIX` datagram; `credentials` is `None` when the kernel attached none.
     Unix {

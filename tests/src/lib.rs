@@ -12,6 +12,8 @@
 //! - [`real_guest_skip_reason`], [`shared_dir`]: where the real systemd guest harness is and
 //!   whether `scripts/setup` could prepare it.
 //! - [`real_guest`]: its commands, bounded, and a guard that always stops a guest.
+//! - [`measure`]: percentiles, RSS and fds from `/proc`, ratio tables for the bench and soak
+//!   programs.
 //!
 //! Liveness bounds in these helpers are 5–10× what the operation takes on a 2-core machine;
 //! no helper asserts on timing.
@@ -31,6 +33,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod measure;
 pub mod real_guest;
 
 /// How long the hub may take to print its listening line after it was spawned.
@@ -51,16 +54,19 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| panic!("cannot derive the target dir from {}", exe.display()))
 }
 
-/// The `notifyhub` binary next to the test binaries (`<target>/<profile>/notifyhub`).
+/// The `notifyhub` binary next to the test binaries (`<target>/<profile>/notifyhub`), or next
+/// to this package's own programs (`<target>/<profile>/notifyhub-soak`).
 ///
 /// # Panics
 /// When it has not been built: `cargo test` alone does not build other packages' binaries.
 pub fn hub_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in <target>/<profile>/deps");
+    let dir = exe.parent().expect("an executable lives in a directory");
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().expect("<target>/<profile>/deps has a parent")
+    } else {
+        dir
+    };
     let bin = profile_dir.join("notifyhub");
     assert!(
         bin.is_file(),
@@ -264,8 +270,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Starts `notifyhub serve --listen 127.0.0.1:0 --run-dir <tempdir> --guest NAME...` and
-    /// waits for its `notifyhub: listening on http://ADDR` line.
+    /// Starts `notifyhub serve --listen 127.0.0.1:0 --run-dir <tempdir> --state-dir
+    /// <tempdir>/state --guest NAME...` and waits for its `notifyhub: listening on http://ADDR`
+    /// line.
     ///
     /// # Panics
     /// When the binary is missing, exits, or prints no listening line within [`START_TIMEOUT`];
@@ -288,6 +295,10 @@ impl Hub {
             .arg("127.0.0.1:0")
             .arg("--run-dir")
             .arg(run_dir.path());
+        // Its own journal, unless the test picks one (`--state-dir DIR` or `none`).
+        if !args.contains(&"--state-dir") {
+            cmd.arg("--state-dir").arg(run_dir.path().join("state"));
+        }
         for guest in guests {
             cmd.arg("--guest").arg(guest);
         }

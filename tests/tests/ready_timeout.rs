@@ -134,6 +134,8 @@ async fn a_bad_ready_timeout_is_refused() {
                 "127.0.0.1:0",
                 "--run-dir",
                 "/nonexistent",
+                "--state-dir",
+                "none",
                 &format!("--ready-timeout={bad}"),
             ])
             .output()

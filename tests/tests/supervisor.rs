@@ -37,6 +37,8 @@ async fn reports_ready_status_watchdog_and_stopping() {
         ])
         .arg("--run-dir")
         .arg(dir.path().join("run"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
         .env("NOTIFY_SOCKET", manager.path())
         .env("WATCHDOG_USEC", "400000")
         .env_remove("WATCHDOG_PID")

@@ -9,8 +9,11 @@
 //! and a datagram whose ancillary data did not fit is dropped with its fds closed.
 //!
 //! [`send`] is the other side, for tools and tests: it sends like `sd_pid_notify_with_fds()`.
+//! [`stream`] binds the hub's HTTP UNIX socket with the same care for its file (mode, stale
+//! sockets, removal).
 
 pub mod send;
+pub mod stream;
 
 use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -38,6 +41,33 @@ pub const MAX_SOCKET_PATH_LEN: usize = 107;
 /// (root for a root hub) can send. Use [`NotifySocket::bind_with_mode`] to let a group in.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 
+/// Who may send to a notify socket: its file's permission bits and owner.
+///
+/// Connecting or sending to an `AF_UNIX` socket needs write permission on its file
+/// (`unix(7)`), so `mode`, `owner` and `group` decide which users can report as the guest. For a
+/// user-namespaced container, whose root is some host uid (e.g. 100000), make that uid the
+/// `owner` and keep `mode` 0o600.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketAccess {
+    /// Permission bits of the socket file (at most 0o777).
+    pub mode: u32,
+    /// Owner uid of the socket file; `None`: the hub's own (its effective uid).
+    pub owner: Option<u32>,
+    /// Group gid of the socket file; `None`: the hub's own (its effective gid).
+    pub group: Option<u32>,
+}
+
+impl Default for SocketAccess {
+    /// [`DEFAULT_SOCKET_MODE`] (0o600), owned by the hub's user and group.
+    fn default() -> Self {
+        Self {
+            mode: DEFAULT_SOCKET_MODE,
+            owner: None,
+            group: None,
+        }
+    }
+}
+
 /// Most fds one datagram can carry: the kernel's `SCM_MAX_FD` (253, `include/net/scm.h`);
 /// `sendmsg()` fails with `EINVAL` for more, so the receive buffer is sized for exactly this many.
 pub const MAX_FDS_PER_DATAGRAM: usize = 253;
@@ -49,13 +79,15 @@ const CMSG_SPACE: usize = rustix::cmsg_space!(ScmCredentials(1), ScmRights(MAX_F
 ///
 /// Dropping it closes the socket and removes its file (best effort) if the file at
 /// [`path`](Self::path) is still the socket this value bound (same device and inode); a file
-/// somebody else put there since is left alone.
+/// somebody else put there since is left alone, and so is the file of an
+/// [inherited](Self::from_inherited) socket (its service manager owns it).
 #[derive(Debug)]
 pub struct NotifySocket {
     socket: tokio::net::UnixDatagram,
     path: PathBuf,
-    /// `(st_dev, st_ino)` of the socket file right after binding.
-    file_id: (u64, u64),
+    /// `(st_dev, st_ino)` of the socket file right after binding; `None` for an inherited
+    /// socket, whose file is not ours to remove.
+    file_id: Option<(u64, u64)>,
 }
 
 impl NotifySocket {
@@ -98,20 +130,39 @@ impl NotifySocket {
     ///
     /// Outside a Tokio runtime with I/O enabled (as `tokio::net::UnixDatagram::from_std`).
     pub fn bind_with_mode(path: &Path, mode: u32) -> io::Result<Self> {
+        Self::bind_with_access(
+            path,
+            SocketAccess {
+                mode,
+                ..SocketAccess::default()
+            },
+        )
+    }
+
+    /// As [`bind_with_mode`](Self::bind_with_mode) with `access.mode`, and then, when
+    /// `access.owner` or `access.group` is set, `chown`s the socket file (not following a
+    /// symlink) before its final `chmod`. Until then the file is the hub's, with at most
+    /// `access.mode`: never more open than asked.
+    ///
+    /// # Errors
+    ///
+    /// As [`bind_with_mode`](Self::bind_with_mode); `chown`'s error as is (`EPERM`: only root,
+    /// or `CAP_CHOWN`, may give a file away); the socket file is removed then.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime with I/O enabled (as `tokio::net::UnixDatagram::from_std`).
+    pub fn bind_with_access(path: &Path, access: SocketAccess) -> io::Result<Self> {
+        let SocketAccess { mode, owner, group } = access;
         check_path(path)?;
-        if mode & !0o777 != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("socket mode {mode:#o} has bits outside 0o777"),
-            ));
-        }
+        check_mode(mode)?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o755)
                 .create(parent)?;
         }
-        remove_stale_socket(path)?;
+        remove_stale_socket(path, SocketType::DGRAM)?;
 
         let fd = rustix::net::socket_with(
             AddressFamily::UNIX,
@@ -127,6 +178,15 @@ impl NotifySocket {
             tokio::net::UnixDatagram::from_std(std::os::unix::net::UnixDatagram::from(fd))?;
         rustix::net::bind(&socket, &SocketAddrUnix::new(path)?)?;
         let finish = || {
+            if owner.is_some() || group.is_some() {
+                rustix::fs::chownat(
+                    rustix::fs::CWD,
+                    path,
+                    owner.map(rustix::fs::Uid::from_raw),
+                    group.map(rustix::fs::Gid::from_raw),
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+            }
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
             std::fs::symlink_metadata(path)
         };
@@ -134,13 +194,50 @@ impl NotifySocket {
             Ok(meta) => Ok(Self {
                 socket,
                 path: path.to_path_buf(),
-                file_id: (meta.dev(), meta.ino()),
+                file_id: Some((meta.dev(), meta.ino())),
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(path);
                 Err(e)
             }
         }
+    }
+
+    /// Takes over a notify socket bound by someone else: a service manager's socket unit
+    /// (`ListenDatagram=/PATH`, socket activation, `sd_listen_fds(3)`).
+    ///
+    /// Checks that `socket` is bound to a path that [`bind`](Self::bind) would accept (absolute,
+    /// at most [`MAX_SOCKET_PATH_LEN`] bytes; not unnamed, not abstract), sets `SO_PASSCRED`
+    /// (datagrams queued before this call carry no credentials: systemd's `PassCredentials=yes`
+    /// avoids that) and non-blocking mode. The socket file keeps its owner and mode, and is
+    /// left in place when this value is dropped: the service manager removes it.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::InvalidInput`] for an unnamed or abstract socket or a path `bind`
+    /// refuses; any error of `getsockname`, `setsockopt` or `fcntl`, as is.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime with I/O enabled (as `tokio::net::UnixDatagram::from_std`).
+    pub fn from_inherited(socket: std::os::unix::net::UnixDatagram) -> io::Result<Self> {
+        let address = socket.local_addr()?;
+        let Some(path) = address.as_pathname() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the inherited notify socket is not bound to a path (unnamed or abstract): \
+                 guests need a path as $NOTIFY_SOCKET",
+            ));
+        };
+        check_path(path)?;
+        let path = path.to_path_buf();
+        rustix::net::sockopt::set_socket_passcred(&socket, true)?;
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            socket: tokio::net::UnixDatagram::from_std(socket)?,
+            path,
+            file_id: None,
+        })
     }
 
     /// The path this socket was bound to, as given to [`bind`](Self::bind): the value to hand
@@ -185,9 +282,56 @@ impl NotifySocket {
     }
 }
 
+impl NotifySocket {
+    /// Waits until at least one datagram is queued, then takes every queued one, up to `max`
+    /// (at least 1), appending each to `batch` as [`recv`](Self::recv) would return it.
+    ///
+    /// One readiness wait per batch instead of one per datagram: the `recvmsg()` calls that
+    /// follow the first run until the queue is empty (`EAGAIN`) or `max` were taken, inside one
+    /// poll. Same rules, drops and fd duties as [`recv`](Self::recv); cancel-safe likewise (what
+    /// was taken off the queue is in `batch` when this returns).
+    ///
+    /// # Errors
+    ///
+    /// As [`recv`](Self::recv), returned only when nothing was taken: an error after some
+    /// datagrams ends the batch, and the next call meets it again (or not, if it was transient).
+    pub async fn recv_batch(&self, batch: &mut Vec<Received>, max: usize) -> io::Result<()> {
+        let max = max.max(1);
+        let mut buf = vec![0u8; MAX_DATAGRAM_LEN];
+        loop {
+            let taken = self
+                .socket
+                .async_io(Interest::READABLE, || {
+                    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_SPACE];
+                    let mut taken = 0;
+                    while taken < max {
+                        match recv_into(self.socket.as_fd(), &mut buf, &mut space) {
+                            Ok(received) => {
+                                batch.push(received);
+                                taken += 1;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            // Nothing queued: Tokio waits for readiness again.
+                            Err(e) if taken == 0 => return Err(e),
+                            Err(_) => break,
+                        }
+                    }
+                    Ok(taken)
+                })
+                .await;
+            match taken {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return other.map(drop),
+            }
+        }
+    }
+}
+
 impl Drop for NotifySocket {
     fn drop(&mut self) {
-        remove_if_same(&self.path, self.file_id);
+        if let Some(file_id) = self.file_id {
+            remove_if_same(&self.path, file_id);
+        }
     }
 }
 
@@ -300,8 +444,20 @@ fn check_path(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes a socket file at `path` that nobody listens on; refuses anything else.
-fn remove_stale_socket(path: &Path) -> io::Result<()> {
+/// `InvalidInput` for a socket file mode with bits outside 0o777.
+fn check_mode(mode: u32) -> io::Result<()> {
+    if mode & !0o777 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("socket mode {mode:#o} has bits outside 0o777"),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes a socket file at `path` that nobody listens on (a `connect()` with a socket of type
+/// `ty` is refused); refuses anything else.
+fn remove_stale_socket(path: &Path, ty: SocketType) -> io::Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -316,12 +472,7 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
             ),
         ));
     }
-    let probe = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::DGRAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )?;
+    let probe = rustix::net::socket_with(AddressFamily::UNIX, ty, SocketFlags::CLOEXEC, None)?;
     match rustix::net::connect(&probe, &SocketAddrUnix::new(path)?) {
         Err(Errno::CONNREFUSED) => std::fs::remove_file(path),
         Ok(()) => Err(io::Error::new(
@@ -331,7 +482,7 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
                 path.display()
             ),
         )),
-        // EPROTOTYPE: a stream or seqpacket socket lives there, not ours to remove.
+        // EPROTOTYPE: a socket of another type lives there, not ours to remove.
         Err(e) => Err(io::Error::new(
             io::Error::from(e).kind(),
             format!(
@@ -368,10 +519,21 @@ fn credentials(c: UCred) -> Credentials {
 /// fit before `MSG_CTRUNC`).
 fn recv_once(fd: BorrowedFd<'_>, space: &mut [MaybeUninit<u8>]) -> io::Result<Received> {
     let mut buf = [0u8; MAX_DATAGRAM_LEN];
+    recv_into(fd, &mut buf, space)
+}
+
+/// [`recv_once`] into `buf` (at least [`MAX_DATAGRAM_LEN`] bytes; a longer one still drops
+/// what is over 4096 bytes).
+fn recv_into(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    space: &mut [MaybeUninit<u8>],
+) -> io::Result<Received> {
+    let buf = &mut buf[..MAX_DATAGRAM_LEN];
     let mut control = RecvAncillaryBuffer::new(space);
     let msg = rustix::net::recvmsg(
         fd,
-        &mut [IoSliceMut::new(&mut buf)],
+        &mut [IoSliceMut::new(buf)],
         &mut control,
         RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC,
     )?;
@@ -412,6 +574,87 @@ mod tests {
     use super::*;
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     use std::io::IoSlice;
+
+    /// An inherited socket (as a socket unit's `ListenDatagram=` passes it) receives with
+    /// credentials once adopted, and its file stays when it is dropped: the manager owns it.
+    #[tokio::test]
+    async fn inherited_socket_receives_and_keeps_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let manager_bound = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let socket = NotifySocket::from_inherited(manager_bound).unwrap();
+        assert_eq!(socket.path(), path);
+        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        sender.send_to(b"READY=1", &path).unwrap();
+        match socket.recv().await.unwrap() {
+            Received::Datagram(datagram) => {
+                assert_eq!(datagram.payload, b"READY=1");
+                assert_eq!(
+                    datagram.credentials.map(|c| c.pid),
+                    Some(std::process::id())
+                );
+            }
+            other => panic!("expected a datagram, got {other:?}"),
+        }
+        drop(socket);
+        assert!(path.exists(), "the inherited socket's file was removed");
+    }
+
+    /// A batch takes what is queued, in order, up to its cap, drops included; the rest waits
+    /// for the next call.
+    #[tokio::test]
+    async fn recv_batch_drains_the_queue_in_order_up_to_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let socket = NotifySocket::bind(&path).unwrap();
+        let sender = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        for i in 0..5 {
+            sender
+                .send_to(format!("X_N={i}").as_bytes(), &path)
+                .unwrap();
+        }
+        sender
+            .send_to(&vec![b'x'; MAX_DATAGRAM_LEN + 1], &path)
+            .unwrap();
+        sender.send_to(b"X_N=last", &path).unwrap();
+        let payloads = |batch: &[Received]| -> Vec<String> {
+            batch
+                .iter()
+                .map(|received| match received {
+                    Received::Datagram(datagram) => {
+                        String::from_utf8(datagram.payload.clone()).unwrap()
+                    }
+                    Received::Dropped { reason, len, .. } => format!("{reason:?} {len:?}"),
+                })
+                .collect()
+        };
+        let mut batch = Vec::new();
+        socket.recv_batch(&mut batch, 4).await.unwrap();
+        assert_eq!(payloads(&batch), ["X_N=0", "X_N=1", "X_N=2", "X_N=3"]);
+        batch.clear();
+        socket.recv_batch(&mut batch, 64).await.unwrap();
+        assert_eq!(
+            payloads(&batch),
+            ["X_N=4", "Oversize Some(4097)", "X_N=last"]
+        );
+        // Nothing queued: it waits.
+        batch.clear();
+        let waiting = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            socket.recv_batch(&mut batch, 64),
+        );
+        assert!(waiting.await.is_err());
+        assert!(batch.is_empty());
+    }
+
+    /// An unnamed or abstract socket has no path to hand out as `$NOTIFY_SOCKET`.
+    #[tokio::test]
+    async fn inherited_socket_without_a_path_is_refused() {
+        let unnamed = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let error = NotifySocket::from_inherited(unnamed).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(error.to_string().contains("not bound to a path"), "{error}");
+    }
 
     /// With a control buffer too small for the fds (the real one fits `SCM_MAX_FD`, so this
     /// needs a smaller one), the datagram is dropped as TooManyFds and

@@ -6,7 +6,9 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notifyhub_transport_unix::{DEFAULT_SOCKET_MODE, MAX_SOCKET_PATH_LEN, NotifySocket, Received};
+use notifyhub_transport_unix::{
+    DEFAULT_SOCKET_MODE, MAX_SOCKET_PATH_LEN, NotifySocket, Received, SocketAccess,
+};
 
 async fn roundtrip(sock: &NotifySocket, bytes: &[u8]) {
     let client = UnixDatagram::unbound().unwrap();
@@ -197,4 +199,76 @@ async fn drop_removes_our_socket_file_only() {
             .is_socket()
     );
     other.send_to(b"x", &path).unwrap();
+}
+
+/// `SocketAccess` gives the file away: owner and group as asked, mode exact. As root, to a uid
+/// no process here has (a user-namespaced container's root on the host); otherwise to our own
+/// uid and gid, the only chown an unprivileged user may do.
+#[tokio::test]
+async fn access_sets_owner_group_and_mode() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (uid, gid) = if rustix::process::geteuid().is_root() {
+        (100_000, 100_000)
+    } else {
+        (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        )
+    };
+    let access = SocketAccess {
+        mode: 0o660,
+        owner: Some(uid),
+        group: Some(gid),
+    };
+    let sock = NotifySocket::bind_with_access(&dir.path().join("notify"), access).unwrap();
+    let meta = std::fs::symlink_metadata(sock.path()).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (uid, gid));
+    assert_eq!(mode_of(sock.path()), 0o660);
+    // The group alone: the owner stays the hub's.
+    let group_only = SocketAccess {
+        mode: 0o620,
+        owner: None,
+        group: Some(gid),
+    };
+    let other = NotifySocket::bind_with_access(&dir.path().join("other"), group_only).unwrap();
+    let meta = std::fs::symlink_metadata(other.path()).unwrap();
+    assert_eq!(meta.uid(), rustix::process::geteuid().as_raw());
+    assert_eq!(meta.gid(), gid);
+    assert_eq!(mode_of(other.path()), 0o620);
+}
+
+/// The HTTP listener's socket: exact mode, a stale file replaced, a live one and a regular file
+/// refused, the file removed with the last of it and not before.
+#[tokio::test]
+async fn stream_listener_mode_stale_live_and_removal() {
+    use notifyhub_transport_unix::stream::bind_listener;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("http.sock");
+    // A stale socket: bound, then closed without removing its file.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let (listener, file) = bind_listener(&path, 0o660).unwrap();
+    assert_eq!(mode_of(&path), 0o660);
+    assert_eq!(file.path(), path);
+    let client = tokio::net::UnixStream::connect(&path).await.unwrap();
+    let (_, peer) = listener.accept().await.unwrap();
+    drop((client, peer));
+    let live = bind_listener(&path, 0o600).unwrap_err();
+    assert_eq!(live.kind(), ErrorKind::AddrInUse, "{live}");
+    drop(listener);
+    assert!(path.exists(), "the file goes with its SocketFile");
+    drop(file);
+    assert!(!path.exists());
+
+    let regular = dir.path().join("regular");
+    std::fs::write(&regular, b"x").unwrap();
+    let err = bind_listener(&regular, 0o600).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read(&regular).unwrap(), b"x");
+    assert_eq!(
+        bind_listener(&dir.path().join("m"), 0o1777)
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidInput
+    );
 }

@@ -50,6 +50,23 @@ impl VsockStreamListener {
         })
     }
 
+    /// Takes over a listening `AF_VSOCK` `SOCK_STREAM` socket bound by someone else: a service
+    /// manager's `ListenStream=vsock::PORT` (socket activation). The caller has checked the
+    /// socket's family, type and that it listens (`SO_ACCEPTCONN`).
+    ///
+    /// # Errors
+    ///
+    /// Those of `fcntl(2)` and `getsockname(2)`, as is.
+    ///
+    /// # Panics
+    ///
+    /// As [`VsockSeqpacketListener::bind`].
+    pub fn from_listening(fd: OwnedFd) -> io::Result<Self> {
+        Ok(Self {
+            inner: KernelListener::from_listening(fd)?,
+        })
+    }
+
     /// The port this listener is bound to: the `PORT` to hand out.
     pub fn local_port(&self) -> u32 {
         self.inner.port
@@ -122,6 +139,22 @@ impl VsockSeqpacketListener {
         })
     }
 
+    /// Takes over a listening `AF_VSOCK` `SOCK_SEQPACKET` socket bound by someone else; see
+    /// [`VsockStreamListener::from_listening`].
+    ///
+    /// # Errors
+    ///
+    /// As [`VsockStreamListener::from_listening`].
+    ///
+    /// # Panics
+    ///
+    /// As [`VsockSeqpacketListener::bind`].
+    pub fn from_listening(fd: OwnedFd) -> io::Result<Self> {
+        Ok(Self {
+            inner: KernelListener::from_listening(fd)?,
+        })
+    }
+
     /// The port this listener is bound to: the `PORT` to hand out.
     pub fn local_port(&self) -> u32 {
         self.inner.port
@@ -165,6 +198,12 @@ impl KernelListener {
             socket.listen(BACKLOG)?;
             VsockListener::from(OwnedFd::from(socket))
         };
+        let port = listener.local_addr()?.port();
+        Ok(Self { listener, port })
+    }
+
+    fn from_listening(fd: OwnedFd) -> io::Result<Self> {
+        let listener = VsockListener::from(fd);
         let port = listener.local_addr()?.port();
         Ok(Self { listener, port })
     }

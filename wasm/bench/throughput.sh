@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A benchmark, not a test: MB/s of LogReader natively, in wasm under Node, and in wasm in headless
 # Chromium, on one ~100 MB capture-format log, all in one run.
-#   wasm/bench/throughput.sh [MB]      (default 100; the bundle is web/assets/wasm/)
+#   wasm/bench/throughput.sh [MB]      (default 100; the bundle is $WASM_PKG, else web/assets/wasm/)
 # The log, target/bench/throughput.jsonl, repeats shared/vectors/*.jsonl with increasing seq/t_ms.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 MB="${1:-100}"
+PKG="${WASM_PKG:-$ROOT/web/assets/wasm}"
 BENCH="$ROOT/target/bench"
 LOG="$BENCH/throughput.jsonl"
 mkdir -p "$BENCH"
@@ -24,17 +25,17 @@ with open(out, 'w', encoding='utf-8') as w:
             w.write(line); size += len(line.encode())
 PY
 BYTES=$(wc -c <"$LOG")
-echo "throughput: $LOG, $BYTES B"
+echo "throughput: $LOG, $BYTES B; bundle $PKG ($(wc -c <"$PKG/notifyhub_wasm_bg.wasm") B .wasm)"
 
 cargo build -q --release -p notifyhub-wasm --example throughput
 NATIVE=$("$ROOT/target/release/examples/throughput" "$LOG")
-NODE=$(node "$ROOT/wasm/bench/node.mjs" "$ROOT/web/assets/wasm" "$LOG")
+NODE=$(node "$ROOT/wasm/bench/node.mjs" "$PKG" "$LOG")
 
 SITE=$(mktemp -d)
 SERVER_PID=
 trap '[ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null; rm -rf "$SITE"' EXIT
 cp "$ROOT/wasm/bench/page.html" "$SITE/"
-cp -r "$ROOT/web/assets/wasm" "$SITE/pkg"
+cp -r "$PKG" "$SITE/pkg"
 ln -s "$LOG" "$SITE/log.jsonl"
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 python3 -m http.server "$PORT" --bind 127.0.0.1 --directory "$SITE" >/dev/null 2>&1 &

@@ -27,6 +27,7 @@
 
 mod datagram;
 pub mod js;
+mod json;
 mod reader;
 
 pub use datagram::parse_datagram;

@@ -1,17 +1,18 @@
 //! Folding a whole log, fed in chunks, into per-guest snapshots, timelines and messages.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::mem;
 
 use notifyhub_core::{
     Credentials, DropReason, Guest, MAX_DATAGRAM_LEN, Milestone, ParseError, Sender, Snapshot,
     Timestamp, parse, validate_guest_name,
 };
+use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
-use serde::{Deserialize, Serialize};
 
 use crate::datagram::to_json;
+use crate::json::{self, Cursor, Number};
 
 /// The `format` of a notifyhub event log's header line.
 pub const EVENT_LOG_FORMAT: &str = "notifyhub-events";
@@ -59,7 +60,8 @@ pub struct LogReader {
     lines: u64,
     block: Option<TextBlock>,
     guests: Vec<GuestLog>,
-    by_name: BTreeMap<String, usize>,
+    /// Indices into `guests`, sorted by guest name.
+    by_name: Vec<usize>,
     errors: Vec<LineError>,
     errors_total: u64,
     formats: FormatCounts,
@@ -237,24 +239,118 @@ pub struct LineError {
 }
 
 /// Every field any JSON line format uses; which ones are present tells the format.
-#[derive(Deserialize)]
+#[derive(Debug, Default)]
 struct JsonLine<'a> {
-    #[serde(borrow)]
     format: Option<Cow<'a, str>>,
     version: Option<u64>,
-    #[serde(borrow)]
     guest: Option<Cow<'a, str>>,
     seq: Option<u64>,
     received_at: Option<u64>,
-    t_ms: Option<f64>,
+    t_ms: Option<Number<'a>>,
     pid: Option<u32>,
     uid: Option<u32>,
     gid: Option<u32>,
     sender: Option<Sender>,
-    len: Option<usize>,
+    len: Option<u64>,
     fds: Option<u32>,
-    #[serde(borrow)]
     hex: Option<Cow<'a, str>>,
+}
+
+impl<'a> JsonLine<'a> {
+    /// Reads one line. Unknown fields are skipped, `null` counts as absent, and a field given
+    /// twice is an error.
+    fn read(text: &'a [u8]) -> json::Result<Self> {
+        let mut line = Self::default();
+        let mut cursor = Cursor::new(text);
+        cursor.object(&mut |cursor, key| match &*key {
+            "format" => field(cursor, "format", &mut line.format, |c, _| c.string()),
+            "version" => field(cursor, "version", &mut line.version, integer_u64),
+            "guest" => field(cursor, "guest", &mut line.guest, |c, _| c.string()),
+            "seq" => field(cursor, "seq", &mut line.seq, integer_u64),
+            "received_at" => field(cursor, "received_at", &mut line.received_at, integer_u64),
+            "t_ms" => field(cursor, "t_ms", &mut line.t_ms, |c, _| c.number()),
+            "pid" => field(cursor, "pid", &mut line.pid, integer_u32),
+            "uid" => field(cursor, "uid", &mut line.uid, integer_u32),
+            "gid" => field(cursor, "gid", &mut line.gid, integer_u32),
+            "sender" => field(cursor, "sender", &mut line.sender, |c, _| read_sender(c)),
+            "len" => field(cursor, "len", &mut line.len, integer_u64),
+            "fds" => field(cursor, "fds", &mut line.fds, integer_u32),
+            "hex" => field(cursor, "hex", &mut line.hex, |c, _| c.string()),
+            _ => cursor.skip(),
+        })?;
+        cursor.end()?;
+        Ok(line)
+    }
+}
+
+/// Reads the value of the field `name` into `slot` with `read`, unless it is `null`.
+fn field<'a, T>(
+    cursor: &mut Cursor<'a>,
+    name: &str,
+    slot: &mut Option<T>,
+    read: fn(&mut Cursor<'a>, &str) -> json::Result<T>,
+) -> json::Result<()> {
+    if slot.is_some() {
+        return Err(cursor.error(format!("duplicate field \"{name}\"")));
+    }
+    if !cursor.null()? {
+        *slot = Some(read(cursor, name)?);
+    }
+    Ok(())
+}
+
+fn integer_u64(cursor: &mut Cursor<'_>, name: &str) -> json::Result<u64> {
+    cursor.integer(name, u64::MAX)
+}
+
+fn integer_u32(cursor: &mut Cursor<'_>, name: &str) -> json::Result<u32> {
+    // In range: `integer` checked it.
+    cursor
+        .integer(name, u32::MAX.into())
+        .map(|value| value as u32)
+}
+
+/// Reads a [`Sender`] as `notifyhub_core` serialises it: `{"transport": "unix", "credentials":
+/// {"pid", "uid", "gid"} | null}`, `{"transport": "vsock", "cid", "port": N | null}` or
+/// `{"transport": "unknown"}`; absent optional fields are `null`, unknown ones are skipped.
+fn read_sender(cursor: &mut Cursor<'_>) -> json::Result<Sender> {
+    let (mut transport, mut credentials, mut cid, mut port) = (None, None, None, None);
+    cursor.object(&mut |cursor, key| match &*key {
+        "transport" => field(cursor, "transport", &mut transport, |c, _| c.string()),
+        "credentials" => field(cursor, "credentials", &mut credentials, |c, _| {
+            read_credentials(c)
+        }),
+        "cid" => field(cursor, "cid", &mut cid, integer_u32),
+        "port" => field(cursor, "port", &mut port, integer_u32),
+        _ => cursor.skip(),
+    })?;
+    match transport.as_deref() {
+        Some("unix") => Ok(Sender::Unix { credentials }),
+        Some("vsock") => Ok(Sender::Vsock {
+            cid: cid.ok_or_else(|| cursor.error("vsock sender without \"cid\""))?,
+            port,
+        }),
+        Some("unknown") => Ok(Sender::Unknown),
+        Some(other) => Err(cursor.error(format!(
+            "unknown sender transport \"{other}\", expected \"unix\", \"vsock\" or \"unknown\""
+        ))),
+        None => Err(cursor.error("sender without \"transport\"")),
+    }
+}
+
+/// Reads `{"pid", "uid", "gid"}`, all required.
+fn read_credentials(cursor: &mut Cursor<'_>) -> json::Result<Credentials> {
+    let (mut pid, mut uid, mut gid) = (None, None, None);
+    cursor.object(&mut |cursor, key| match &*key {
+        "pid" => field(cursor, "pid", &mut pid, integer_u32),
+        "uid" => field(cursor, "uid", &mut uid, integer_u32),
+        "gid" => field(cursor, "gid", &mut gid, integer_u32),
+        _ => cursor.skip(),
+    })?;
+    match (pid, uid, gid) {
+        (Some(pid), Some(uid), Some(gid)) => Ok(Credentials { pid, uid, gid }),
+        _ => Err(cursor.error("credentials need \"pid\", \"uid\" and \"gid\"")),
+    }
 }
 
 impl LogReader {
@@ -268,7 +364,7 @@ impl LogReader {
             lines: 0,
             block: None,
             guests: Vec::new(),
-            by_name: BTreeMap::new(),
+            by_name: Vec::new(),
             errors: Vec::new(),
             errors_total: 0,
             formats: FormatCounts::default(),
@@ -387,11 +483,14 @@ impl LogReader {
     }
 
     fn json_line(&mut self, line_no: u64, text: &[u8]) -> Result<(), String> {
-        let record: JsonLine<'_> = serde_json::from_slice(text).map_err(json_error)?;
+        let record = JsonLine::read(text).map_err(|error| error.to_string())?;
         if let Some(format) = &record.format {
             if format != EVENT_LOG_FORMAT {
+                // Quoted as JSON rather than with `{:?}`, whose escaping is more code in the
+                // wasm module; the two agree on printable text.
                 return Err(format!(
-                    "unknown log format {format:?}, expected {EVENT_LOG_FORMAT:?}"
+                    "unknown log format {}, expected \"{EVENT_LOG_FORMAT}\"",
+                    to_json(format)
                 ));
             }
             return match record.version {
@@ -429,11 +528,11 @@ impl LogReader {
         }
         let at = match record.t_ms {
             None => None,
-            Some(ms) if ms.is_finite() && ms >= 0.0 => {
-                // `as` saturates: a time past u64::MAX µs becomes the largest timestamp.
-                Some(Timestamp::from_micros((ms * 1000.0).round() as u64))
+            Some(ms) if ms.is_negative() => {
+                return Err("\"t_ms\" must be a number of ms, not negative".to_string());
             }
-            Some(_) => return Err("\"t_ms\" must be a number of ms, not negative".to_string()),
+            // Exact decimal arithmetic; a time past u64::MAX µs becomes the largest timestamp.
+            Some(ms) => Some(Timestamp::from_micros(ms.scaled_magnitude(3))),
         };
         let sender = match (record.pid, record.uid, record.gid) {
             (Some(pid), Some(uid), Some(gid)) => Sender::Unix {
@@ -461,12 +560,17 @@ impl LogReader {
     /// at its first message.
     fn deliver(&mut self, guest: Option<&str>, incoming: Incoming) {
         let name = guest.unwrap_or(&self.default_guest);
-        let index = match self.by_name.get(name) {
-            Some(&index) => index,
-            None => {
+        // A sorted Vec, not a BTreeMap: guests are few, and it is less code in the wasm module.
+        let guests = &self.guests;
+        let index = match self
+            .by_name
+            .binary_search_by(|&index| guests[index].guest.name().cmp(name))
+        {
+            Ok(at) => self.by_name[at],
+            Err(at) => {
                 let registered = incoming.at.unwrap_or(Timestamp::ZERO);
                 self.guests.push(GuestLog::new(name, registered));
-                self.by_name.insert(name.to_string(), self.guests.len() - 1);
+                self.by_name.insert(at, self.guests.len() - 1);
                 self.guests.len() - 1
             }
         };
@@ -558,11 +662,11 @@ impl GuestLog {
 }
 
 /// The bytes of a `"hex"` field, checked against `"len"` when the line has one.
-fn decode_hex(hex: Option<&str>, len: Option<usize>) -> Result<Vec<u8>, String> {
+fn decode_hex(hex: Option<&str>, len: Option<u64>) -> Result<Vec<u8>, String> {
     let hex = hex.ok_or("no \"hex\" field")?;
     let bytes = hex::decode(hex).map_err(|e| format!("bad \"hex\": {e}"))?;
     match len {
-        Some(len) if len != bytes.len() => Err(format!(
+        Some(len) if len != bytes.len() as u64 => Err(format!(
             "\"len\" is {len} but \"hex\" holds {} bytes",
             bytes.len()
         )),
@@ -570,11 +674,150 @@ fn decode_hex(hex: Option<&str>, len: Option<usize>) -> Result<Vec<u8>, String> 
     }
 }
 
-/// A serde_json error without its "at line 1" position, which means nothing for one line.
-fn json_error(error: serde_json::Error) -> String {
-    let message = error.to_string();
-    let message = message
-        .rfind(" at line ")
-        .map_or(message.as_str(), |at| &message[..at]);
-    format!("invalid JSON at column {}: {message}", error.column())
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    /// What serde_json's derived `Deserialize` read before `JsonLine::read` replaced it.
+    #[derive(Debug, Deserialize)]
+    struct SerdeLine<'a> {
+        #[serde(borrow)]
+        format: Option<Cow<'a, str>>,
+        version: Option<u64>,
+        #[serde(borrow)]
+        guest: Option<Cow<'a, str>>,
+        seq: Option<u64>,
+        received_at: Option<u64>,
+        t_ms: Option<f64>,
+        pid: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        sender: Option<Sender>,
+        len: Option<u64>,
+        fds: Option<u32>,
+        #[serde(borrow)]
+        hex: Option<Cow<'a, str>>,
+    }
+
+    /// Reads `line` both ways and requires the same fields.
+    fn same_as_serde_json(line: &str) {
+        let ours = JsonLine::read(line.as_bytes()).unwrap_or_else(|e| panic!("{line}: {e}"));
+        let theirs: SerdeLine<'_> = serde_json::from_str(line).unwrap();
+        assert_eq!(ours.format, theirs.format, "{line}");
+        assert_eq!(ours.version, theirs.version, "{line}");
+        assert_eq!(ours.guest, theirs.guest, "{line}");
+        assert_eq!(ours.seq, theirs.seq, "{line}");
+        assert_eq!(ours.received_at, theirs.received_at, "{line}");
+        assert_eq!(
+            ours.t_ms.map(|ms| ms.scaled_magnitude(3)),
+            theirs.t_ms.map(|ms| (ms * 1000.0).round() as u64),
+            "{line}"
+        );
+        assert_eq!(
+            (ours.pid, ours.uid, ours.gid),
+            (theirs.pid, theirs.uid, theirs.gid)
+        );
+        assert_eq!(ours.sender, theirs.sender, "{line}");
+        assert_eq!((ours.len, ours.fds), (theirs.len, theirs.fds), "{line}");
+        assert_eq!(ours.hex, theirs.hex, "{line}");
+    }
+
+    #[test]
+    fn json_lines_read_as_serde_json_read_them() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files: Vec<_> = std::fs::read_dir(root.join("../../shared/vectors"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "jsonl"))
+            .collect();
+        assert!(files.len() >= 12, "{files:?}");
+        files.push(root.join("tests/fixtures/events-v1.jsonl"));
+        files.push(root.join("tests/fixtures/mixed.log"));
+        let mut read = 0;
+        for path in files {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for line in text.lines().map(str::trim).filter(|l| l.starts_with('{')) {
+                same_as_serde_json(line);
+                read += 1;
+            }
+        }
+        assert!(read > 300, "{read}");
+        for line in [
+            r#"{"format":"notifyhub-events","version":1}"#,
+            r#"{"guest":"web1","seq":1,"received_at":1796083200000000,"sender":{"transport":"vsock","cid":3,"port":1023},"fds":0,"hex":"52"}"#,
+            r#"{"guest":"web1","received_at":1,"sender":{"transport":"vsock","cid":3,"port":null},"hex":""}"#,
+            r#"{"guest":"web1","received_at":1,"sender":{"transport":"vsock","cid":4294967295},"hex":""}"#,
+            r#"{"guest":"db1","received_at":2,"sender":{"transport":"unix","credentials":{"pid":4242,"uid":0,"gid":0}},"hex":""}"#,
+            r#"{"guest":"db1","received_at":2,"sender":{"credentials":null,"transport":"unix"},"hex":""}"#,
+            r#"{"guest":"db1","received_at":2,"sender":{"transport":"unix"},"hex":""}"#,
+            r#"{"guest":"db1","received_at":2,"sender":{"transport":"unknown","extra":[1,{"a":null}]},"hex":""}"#,
+            r#"{"guest":"db1","received_at":2,"sender":null,"fds":null,"seq":null,"hex":"5a"}"#,
+            r#" { "seq" : 18446744073709551615 , "t_ms" : 1.5e3 , "hex" : "\u0035\u0061" , "text" : "\ud83d\ude00\n\"" } "#,
+            r#"{"t_ms": 0.0005, "hex": "", "unknown": {"deep": [[[]]], "x": -1.25E-7, "y": true}}"#,
+            r#"{"t_ms": 12345.678, "pid": 1, "uid": 2, "gid": 3, "len": 0, "hex": ""}"#,
+            r#"{"guest":"w\u00e9b","hex":"","received_at":0}"#,
+        ] {
+            same_as_serde_json(line);
+        }
+    }
+
+    #[test]
+    fn bad_json_lines_are_errors_with_columns() {
+        let error = |line: &str| JsonLine::read(line.as_bytes()).unwrap_err().to_string();
+        for (line, expected) in [
+            (
+                r#"{"seq": 1, "seq": 2}"#,
+                "invalid JSON at column 17: duplicate field \"seq\"",
+            ),
+            (
+                r#"{"seq": 1.0}"#,
+                "invalid JSON at column 11: \"seq\" must be an integer from 0 to 18446744073709551615",
+            ),
+            (
+                r#"{"pid": -1}"#,
+                "invalid JSON at column 10: \"pid\" must be an integer from 0 to 4294967295",
+            ),
+            (
+                r#"{"pid": "1"}"#,
+                "invalid JSON at column 9: \"pid\" must be an integer from 0 to 4294967295",
+            ),
+            (
+                r#"{"hex": 5}"#,
+                "invalid JSON at column 9: expected a string",
+            ),
+            (
+                r#"{"t_ms": "1"}"#,
+                "invalid JSON at column 10: expected a number",
+            ),
+            (
+                r#"{"sender": {"transport": "tcp"}}"#,
+                "invalid JSON at column 31: unknown sender transport \"tcp\", expected \"unix\", \"vsock\" or \"unknown\"",
+            ),
+            (
+                r#"{"sender": {"transport": "vsock"}}"#,
+                "invalid JSON at column 33: vsock sender without \"cid\"",
+            ),
+            (
+                r#"{"sender": {"cid": 3}}"#,
+                "invalid JSON at column 21: sender without \"transport\"",
+            ),
+            (
+                r#"{"sender": {"transport": "unix", "credentials": {"pid": 1}}}"#,
+                "invalid JSON at column 58: credentials need \"pid\", \"uid\" and \"gid\"",
+            ),
+            (
+                r#"{"sender": 3}"#,
+                "invalid JSON at column 12: expected an object",
+            ),
+        ] {
+            assert_eq!(error(line), expected, "{line}");
+        }
+        let not_utf8 = JsonLine::read(b"{\"guest\": \"\xff\"}").unwrap_err();
+        assert_eq!(
+            not_utf8.to_string(),
+            "invalid JSON at column 13: invalid unicode code point"
+        );
+    }
 }

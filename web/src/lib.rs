@@ -5,16 +5,28 @@
 //! connection ([`vsock`], on `notifyhub-transport-vsock`), hands each message to the
 //! [`store`], which folds it with `notifyhub-core` and publishes the result; the [`api`] (REST,
 //! long-polls, Server-Sent Events) and the [`pages`] (HTML dashboard) only read the store.
+//! With a state directory, each input is committed to the [`journal`] (SQLite) before the store
+//! applies it, and a restart replays the journal into the store.
 //! No protocol logic lives here: parsing, guest state, wait conditions and name rules are
 //! `notifyhub-core`'s.
 //!
 //! [`server::Server`] puts it together for the binary; [`router`] is the HTTP side alone.
+//! [`openapi`] generates the API's OpenAPI spec from the handlers, [`metrics`] serves the
+//! Prometheus metrics, and [`logging`] writes the log as the journal wants it under systemd.
 
+pub mod activation;
 pub mod api;
 pub mod clock;
+pub mod config;
+pub mod journal;
 pub mod launch;
+pub mod limit;
+pub mod logging;
+pub mod metrics;
+pub mod openapi;
 pub mod pages;
 pub mod registry;
+pub mod security;
 pub mod server;
 pub mod store;
 pub mod supervisor;
@@ -61,12 +73,16 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
      connect-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; \
      frame-ancestors 'none'";
 
-/// The whole HTTP application: `/api/v1/…`, the pages and their static assets.
+/// The whole HTTP application: `/api/v1/…`, the pages and their static assets; bodies over
+/// [`security::MAX_BODY_LEN`] get 413, query strings over [`security::MAX_QUERY_LEN`] 414, and a
+/// browser's cross-site POST or DELETE 403 ([`security::reject_cross_site`]). The bearer token,
+/// when there is one, is [`server::Server`]'s layer ([`security::require_token`]).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api::router())
         .merge(pages::router())
         .merge(viewer::router())
+        .route("/metrics", axum::routing::get(metrics::serve))
         .fallback(pages::not_found)
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
@@ -76,6 +92,9 @@ pub fn router(state: AppState) -> Router {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
+        .layer(axum::extract::DefaultBodyLimit::max(security::MAX_BODY_LEN))
+        .layer(axum::middleware::from_fn(security::reject_cross_site))
+        .layer(axum::middleware::from_fn(security::limit_query))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

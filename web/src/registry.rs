@@ -17,7 +17,9 @@ use std::sync::{Arc, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use notifyhub_core::{DropReason, GuestNameError, Timestamp, validate_guest_name};
-use notifyhub_transport_unix::{MAX_SOCKET_PATH_LEN, NotifySocket, Received, is_transient};
+use notifyhub_transport_unix::{
+    MAX_SOCKET_PATH_LEN, NotifySocket, Received, SocketAccess, is_transient,
+};
 use notifyhub_transport_vsock::HybridListener;
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio::task::JoinHandle;
@@ -25,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, trace, warn};
 
 use crate::clock;
+use crate::limit::{GuestLimiter, RateLimit, nofile_limit};
 use crate::store::{GuestDetail, Hub, IngestError};
 use crate::vsock::{self, KernelPorts, Reach, Routed, VsockError, VsockSettings, VsockStats};
 
@@ -56,6 +59,11 @@ struct Inner {
     routes: std::sync::Mutex<HashMap<u32, CidRoute>>,
     /// Vsock messages that no guest could be charged with.
     stats: VsockStats,
+    /// The bucket each guest registered from now on gets ([`Registry::set_rate_limit`]).
+    rate_limit: std::sync::Mutex<Option<RateLimit>>,
+    /// Mode and owner of the notify sockets bound from now on, unless a guest has its own
+    /// ([`Registry::set_socket_access`]).
+    socket_access: std::sync::Mutex<SocketAccess>,
 }
 
 #[derive(Debug)]
@@ -76,6 +84,8 @@ struct Receiver {
 pub(crate) struct CidRoute {
     pub(crate) name: String,
     pub(crate) wake: Arc<Notify>,
+    /// The guest's rate limit, shared with its receive loop.
+    pub(crate) limiter: Option<Arc<GuestLimiter>>,
 }
 
 /// Why a guest could not be registered.
@@ -125,6 +135,20 @@ pub enum RegisterError {
         /// The guest that has it.
         guest: String,
     },
+    /// The hub has as many files open as `RLIMIT_NOFILE` allows, so the guest's socket cannot
+    /// be made: raise the limit (`LimitNOFILE=`) or remove guests.
+    #[error(
+        "cannot make notify socket {}: the hub has all the files open that its limit allows \
+         (RLIMIT_NOFILE {}); raise it (LimitNOFILE=) or remove guests",
+        path.display(),
+        limit.map_or_else(|| "unlimited".to_owned(), |n| n.to_string())
+    )]
+    OutOfFiles {
+        /// The socket path.
+        path: PathBuf,
+        /// The soft `RLIMIT_NOFILE` (`None`: unlimited, the system-wide table is full).
+        limit: Option<u64>,
+    },
     /// Auto-registration stops at `--max-guests` guests.
     #[error("the hub holds {0} guests, its --max-guests")]
     TooManyGuests(usize),
@@ -140,6 +164,9 @@ pub enum RegisterError {
     /// The registry was closed: the hub is shutting down.
     #[error("the hub is shutting down")]
     Closed,
+    /// The journal could not store the registration.
+    #[error("cannot store the registration: {0}")]
+    NotStored(#[from] crate::journal::NotStored),
 }
 
 /// No guest of that name is registered.
@@ -171,6 +198,8 @@ impl Registry {
                 vsock,
                 routes: std::sync::Mutex::new(HashMap::new()),
                 stats: VsockStats::default(),
+                rate_limit: std::sync::Mutex::new(Some(RateLimit::default())),
+                socket_access: std::sync::Mutex::new(SocketAccess::default()),
             }),
         }
     }
@@ -193,6 +222,45 @@ impl Registry {
     /// Vsock messages dropped hub-wide.
     pub fn vsock_stats(&self) -> &VsockStats {
         &self.inner.stats
+    }
+
+    /// Sets the rate limit of every guest registered from now on (`--rate-limit`,
+    /// `--rate-burst`); `None` is no limit. The default is [`RateLimit::default`].
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        *self
+            .inner
+            .rate_limit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = limit;
+    }
+
+    /// The rate limit given to newly registered guests.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        *self
+            .inner
+            .rate_limit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the mode and owner of every notify socket bound from now on, unless its guest has
+    /// its own (`--socket-mode`, `--socket-owner`); the default is [`SocketAccess::default`]
+    /// (0600, the hub's user).
+    pub fn set_socket_access(&self, access: SocketAccess) {
+        *self
+            .inner
+            .socket_access
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = access;
+    }
+
+    /// The mode and owner given to notify sockets of guests without their own.
+    pub fn socket_access(&self) -> SocketAccess {
+        *self
+            .inner
+            .socket_access
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn routes(&self) -> MutexGuard<'_, HashMap<u32, CidRoute>> {
@@ -246,8 +314,62 @@ impl Registry {
         name: &str,
         reach: Reach,
     ) -> Result<GuestDetail, RegisterError> {
-        let (detail, _) = self.register_within(name, reach, None).await?;
+        let (detail, _) = self.register_within(name, reach, None, None, None).await?;
         Ok(detail)
+    }
+
+    /// As [`register_with`](Self::register_with), with the notify socket's mode and owner
+    /// `access` instead of the registry's ([`socket_access`](Self::socket_access)).
+    ///
+    /// # Errors
+    /// See [`RegisterError`] (`Bind` with `EPERM` when the hub may not give the file away);
+    /// nothing is left behind on error.
+    pub async fn register_with_access(
+        &self,
+        name: &str,
+        reach: Reach,
+        access: SocketAccess,
+    ) -> Result<GuestDetail, RegisterError> {
+        let (detail, _) = self
+            .register_within(name, reach, None, None, Some(access))
+            .await?;
+        Ok(detail)
+    }
+
+    /// Registers guest `name` with a notify socket its service manager bound (socket
+    /// activation, [`crate::activation`]) instead of binding `<guests dir>/<name>/notify`: the
+    /// guest's `notify_socket` is that socket's path. Its file stays when the guest is removed.
+    ///
+    /// # Errors
+    /// As [`register`](Self::register) (less binding); [`RegisterError::NotUtf8`] for a path
+    /// that is not UTF-8.
+    pub async fn register_inherited(
+        &self,
+        name: &str,
+        socket: NotifySocket,
+    ) -> Result<GuestDetail, RegisterError> {
+        let (detail, _) = self
+            .register_within(name, Reach::Unix, None, Some(socket), None)
+            .await?;
+        Ok(detail)
+    }
+
+    /// Binds the sockets of the guests the hub holds without them (those its journal restored at
+    /// start), each reached as it was registered, and starts receiving. Returns the guests that
+    /// failed, with why: they stay in the hub, without a socket.
+    pub async fn restore(&self) -> Vec<(String, RegisterError)> {
+        let mut failed = Vec::new();
+        for guest in self.inner.hub.guests().guests {
+            let name = guest.summary.snapshot.name.clone();
+            if self.inner.receivers.lock().await.contains_key(&name) {
+                continue;
+            }
+            let reach = Reach::clone(&guest.summary.reach);
+            if let Err(error) = self.register_with(&name, reach).await {
+                failed.push((name, error));
+            }
+        }
+        failed
     }
 
     /// Registers guest `cid-<cid>` for a kernel vsock message from an unknown CID
@@ -255,25 +377,37 @@ impl Registry {
     pub(crate) async fn register_auto(&self, cid: u32) -> Result<CidRoute, RegisterError> {
         let name = format!("cid-{cid}");
         let limit = self.inner.vsock.max_guests;
-        let (_, wake) = self
-            .register_within(&name, Reach::cid(cid)?, Some(limit))
+        let (_, route) = self
+            .register_within(&name, Reach::cid(cid)?, Some(limit), None, None)
             .await?;
         info!(
             guest = name,
             cid, "auto-registered for a message from an unknown CID"
         );
-        Ok(CidRoute { name, wake })
+        Ok(route)
     }
 
     /// Registers, refusing with [`RegisterError::TooManyGuests`] when `limit` guests are
-    /// registered already.
+    /// registered already; with the `inherited` notify socket instead of binding one; binding
+    /// one with `access`, else the registry's [`socket_access`](Self::socket_access).
     async fn register_within(
         &self,
         name: &str,
         reach: Reach,
         limit: Option<usize>,
-    ) -> Result<(GuestDetail, Arc<Notify>), RegisterError> {
-        let path = self.socket_path(name)?;
+        inherited: Option<NotifySocket>,
+        access: Option<SocketAccess>,
+    ) -> Result<(GuestDetail, CidRoute), RegisterError> {
+        let path = match &inherited {
+            Some(socket) => {
+                validate_guest_name(name)?;
+                let path = socket.path();
+                path.to_str()
+                    .ok_or_else(|| RegisterError::NotUtf8 { path: path.into() })?
+                    .to_owned()
+            }
+            None => self.socket_path(name)?,
+        };
         let settings = self.inner.vsock;
         if let Reach::Cid(cid) = reach {
             Reach::cid(cid)?;
@@ -319,23 +453,34 @@ impl Registry {
             .hybrid()
             .map(|hybrid| {
                 HybridListener::bind(Path::new(hybrid.uds_path()), hybrid.port(), hybrid.cid())
-                    .map_err(|source| RegisterError::Bind {
-                        path: hybrid.socket().into(),
-                        source,
-                    })
+                    .map_err(|source| bind_error(hybrid.socket().into(), source))
             })
             .transpose()?;
-        let socket = NotifySocket::bind(path.as_ref()).map_err(|source| RegisterError::Bind {
-            path: path.clone().into(),
-            source,
-        })?;
+        let socket = match inherited {
+            Some(socket) => socket,
+            None => NotifySocket::bind_with_access(
+                path.as_ref(),
+                access.unwrap_or_else(|| self.socket_access()),
+            )
+            .map_err(|source| bind_error(path.clone().into(), source))?,
+        };
         let hub = &self.inner.hub;
         // Names are added and removed together with their receivers, under the lock held here.
-        let detail = hub
-            .register_with(name, &path, reach.clone(), clock::now())
-            .map_err(|_| RegisterError::Exists(name.to_owned()))?;
+        let detail = match hub.guest(name) {
+            // Restored from the journal (`restore`): it keeps its state and history, and gets
+            // its socket bound anew, at this run's path.
+            Some(_) => {
+                hub.set_notify_socket(name, &path);
+                hub.guest(name)
+                    .ok_or_else(|| RegisterError::Exists(name.to_owned()))?
+            }
+            None => hub
+                .accept_registration(name, &path, reach.clone(), clock::now())
+                .await?
+                .map_err(|_| RegisterError::Exists(name.to_owned()))?,
+        };
         let stop = self.inner.stop.child_token();
-        let span = info_span!("guest", name);
+        let span = info_span!("receive", guest = name);
         let (hybrid_events, listener) = match hybrid {
             Some(listener) => {
                 let (events, queue) = mpsc::channel(HYBRID_QUEUE);
@@ -348,20 +493,32 @@ impl Registry {
             None => (None, None),
         };
         let wake = Arc::new(Notify::new());
+        let limiter = self
+            .rate_limit()
+            .map(|limit| Arc::new(GuestLimiter::new(limit)));
         let inputs = VsockInputs {
             wake: Arc::clone(&wake),
             hybrid: hybrid_events,
             ignore_unprivileged: settings.ignore_unprivileged,
         };
         let task = tokio::spawn(
-            receive(hub.clone(), name.to_owned(), socket, inputs, stop.clone()).instrument(span),
+            receive(
+                hub.clone(),
+                name.to_owned(),
+                socket,
+                inputs,
+                limiter.clone(),
+                stop.clone(),
+            )
+            .instrument(span),
         );
+        let route = CidRoute {
+            name: name.to_owned(),
+            wake,
+            limiter,
+        };
         if let Some(cid) = cid {
-            let route = CidRoute {
-                name: name.to_owned(),
-                wake: Arc::clone(&wake),
-            };
-            self.routes().insert(cid, route);
+            self.routes().insert(cid, route.clone());
         }
         receivers.insert(
             name.to_owned(),
@@ -383,7 +540,7 @@ impl Registry {
                 "registered"
             ),
         }
-        Ok((detail, wake))
+        Ok((detail, route))
     }
 
     /// Removes guest `name`: stops its receive loop, removes its socket and directory, and
@@ -400,7 +557,7 @@ impl Registry {
             self.routes().remove(&cid);
         }
         self.stop(name, receiver).await;
-        self.inner.hub.remove(name);
+        self.inner.hub.accept_removal(name).await;
         info!(guest = name, "removed");
         Ok(())
     }
@@ -412,9 +569,13 @@ impl Registry {
         self.inner.stop.cancel();
         let receivers = std::mem::take(&mut *self.inner.receivers.lock().await);
         self.routes().clear();
-        for (name, receiver) in receivers {
-            self.stop(&name, receiver).await;
-        }
+        // All at once: with 10 000 guests, one after the other takes seconds.
+        futures_util::future::join_all(
+            receivers
+                .into_iter()
+                .map(|(name, receiver)| async move { self.stop(&name, receiver).await }),
+        )
+        .await;
         // Fails, as it should, while anything else is in there.
         let _ = std::fs::remove_dir(&self.inner.guests_dir);
     }
@@ -442,6 +603,23 @@ impl Registry {
     }
 }
 
+/// [`RegisterError::OutOfFiles`] when `bind` ran out of descriptors (`EMFILE`, `ENFILE`),
+/// else [`RegisterError::Bind`].
+fn bind_error(path: PathBuf, source: io::Error) -> RegisterError {
+    match source.raw_os_error() {
+        Some(code)
+            if code == rustix::io::Errno::MFILE.raw_os_error()
+                || code == rustix::io::Errno::NFILE.raw_os_error() =>
+        {
+            RegisterError::OutOfFiles {
+                path,
+                limit: nofile_limit(),
+            }
+        }
+        _ => RegisterError::Bind { path, source },
+    }
+}
+
 /// A guest's vsock inputs, for its receive loop.
 struct VsockInputs {
     /// Notified once [`vsock::route`] has fed the guest: its deadlines may have changed.
@@ -452,26 +630,29 @@ struct VsockInputs {
     ignore_unprivileged: bool,
 }
 
-/// Receives from `socket` (and the guest's hybrid vsock socket) into the hub, and fires the
-/// guest's deadlines, until `stop` is cancelled or the socket fails.
+/// Receives from `socket` (and the guest's hybrid vsock socket) into the hub, each message
+/// within the guest's rate limit (`limiter`), and fires the guest's deadlines, until `stop` is
+/// cancelled or the socket fails.
 async fn receive(
     hub: Hub,
     name: String,
     socket: NotifySocket,
     mut vsock: VsockInputs,
+    limiter: Option<Arc<GuestLimiter>>,
     stop: CancellationToken,
 ) {
+    let limiter = limiter.as_deref();
     let mut deadline = None;
     loop {
         tokio::select! {
             biased;
             () = stop.cancelled() => return,
             () = sleep_until(deadline) => {
-                if hub.handle_timeout(&name, clock::now()).is_err() {
+                if hub.accept_timeout(&name, clock::now()).await.is_err() {
                     return;
                 }
             }
-            received = socket.recv() => match take(&hub, &name, received) {
+            received = socket.recv() => match take(&hub, &name, received, limiter).await {
                 Next::Receive => {}
                 Next::Pause => tokio::select! {
                     () = stop.cancelled() => return,
@@ -481,8 +662,18 @@ async fn receive(
             },
             event = next_event(&mut vsock.hybrid) => match event {
                 Some(event) => {
-                    let routed = vsock::deliver(&hub, &name, event, vsock.ignore_unprivileged);
-                    if let Routed::Gone { .. } = routed {
+                    let routed = if limiter.is_none_or(|limiter| limiter.admit(&name)) {
+                        vsock::deliver(&hub, &name, event, vsock.ignore_unprivileged).await
+                    } else {
+                        // Its connection is closed already: nothing to release.
+                        drop(event);
+                        vsock::rate_limited(&hub, &name)
+                    };
+                    // `Gone` also stands for a message the journal could not store; the
+                    // guest is still there then.
+                    if let Routed::Gone { .. } = routed
+                        && hub.watch(&name).is_none()
+                    {
                         warn!("guest vanished under its receive loop");
                         return;
                     }
@@ -510,23 +701,36 @@ enum Next {
     Stop,
 }
 
-/// Hands one [`NotifySocket::recv`] result to the hub.
-fn take(hub: &Hub, name: &str, received: io::Result<Received>) -> Next {
+/// Hands one [`NotifySocket::recv`] result to the hub. Every datagram, whole or dropped by the
+/// transport, takes a token from `limiter` first; without one it is dropped (its fds closed)
+/// and counted as rate-limited.
+async fn take(
+    hub: &Hub,
+    name: &str,
+    received: io::Result<Received>,
+    limiter: Option<&GuestLimiter>,
+) -> Next {
+    if received.is_ok() && limiter.is_some_and(|limiter| !limiter.admit(name)) {
+        // Closes its fds at once.
+        drop(received);
+        return match vsock::rate_limited(hub, name) {
+            Routed::Gone { .. } => Next::Stop,
+            _ => Next::Receive,
+        };
+    }
     match received {
         Ok(Received::Datagram(datagram)) => {
-            let ingested = hub.ingest(
-                name,
-                clock::now(),
-                datagram.sender(),
-                &datagram.payload,
-                datagram.fds.len(),
-            );
-            // Closes the fds only now that the datagram, and every one before it, is in the
-            // store: this releases a `BARRIER=1` sender (`systemd-notify` waits for it).
-            drop(datagram);
+            let sender = datagram.sender();
+            // The fds are closed only once the datagram, and every one before it, is in the
+            // journal and the store: this releases a `BARRIER=1` sender (`systemd-notify` waits
+            // for it).
+            let ingested = hub
+                .accept_datagram(name, clock::now(), sender, datagram.payload, datagram.fds)
+                .await;
             match ingested {
                 Ok(seq) => trace!(seq, "message"),
                 Err(IngestError::Rejected(error)) => debug!(%error, "datagram rejected"),
+                Err(IngestError::NotStored(error)) => warn!(%error, "datagram refused"),
                 Err(error) => {
                     warn!(%error, "guest vanished under its receive loop");
                     return Next::Stop;
@@ -535,7 +739,11 @@ fn take(hub: &Hub, name: &str, received: io::Result<Received>) -> Next {
         }
         Ok(Received::Dropped { reason, len, .. }) => {
             debug!(?reason, len, "datagram dropped by the transport");
-            if hub.record_drop(name, DropReason::from(reason)).is_err() {
+            if hub
+                .accept_drop(name, DropReason::from(reason))
+                .await
+                .is_err()
+            {
                 return Next::Stop;
             }
         }

@@ -5,13 +5,20 @@ use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
+use axum::serve::ListenerExt as _;
+use notifyhub_transport_unix::stream::SocketFile;
+use notifyhub_transport_unix::{NotifySocket, SocketAccess};
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{debug, info, warn};
 
+use crate::activation::{Inherited, InheritedHttp};
+use crate::journal::{Journal, JournalConfig};
 use crate::registry::Registry;
+use crate::security::{self, HttpAuth, Listen, Token};
 use crate::store::Hub;
 use crate::supervisor;
 use crate::vsock::{KernelListeners, VmGuest, VsockConfig, VsockSettings, VsockTasks};
@@ -20,8 +27,17 @@ use crate::{AppState, launch, router};
 /// What `notifyhub serve` was asked to do.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Where to serve HTTP; port 0 picks a free one.
-    pub listen: SocketAddr,
+    /// Where to serve HTTP: a TCP address (port 0 picks a free one) or a UNIX socket.
+    pub listen: Listen,
+    /// Who may use HTTP (`--token-file`, `--insecure-no-auth`); a non-loopback `listen` needs a
+    /// token or `insecure_no_auth` ([`HttpAuth::check`]).
+    pub http_auth: HttpAuth,
+    /// Permission bits of the HTTP UNIX socket (`--listen-mode`; default
+    /// [`security::DEFAULT_HTTP_SOCKET_MODE`], 0600).
+    pub http_socket_mode: u32,
+    /// Mode and owner of every guest's notify socket unless the guest has its own
+    /// (`--socket-mode`, `--socket-owner`).
+    pub socket_access: SocketAccess,
     /// The run directory; guest sockets go to `<run_dir>/guests/<name>/notify`.
     pub run_dir: PathBuf,
     /// Guests to register at start.
@@ -31,6 +47,11 @@ pub struct Config {
     /// How long each boot of every guest may take from its first message to `READY=1`
     /// (`--ready-timeout`); `None`: no limit. See [`Hub::set_ready_timeout`].
     pub ready_timeout: Option<std::time::Duration>,
+    /// Every guest's rate limit (`--rate-limit`, `--rate-burst`); `None`: no limit. See
+    /// [`crate::limit`].
+    pub rate_limit: Option<crate::limit::RateLimit>,
+    /// The journal (`--state-dir`); `None`: the state lives in memory only.
+    pub journal: Option<JournalConfig>,
 }
 
 /// No run directory was given and none could be derived.
@@ -65,14 +86,59 @@ pub fn default_run_dir(
     Err(NoRunDir)
 }
 
+/// Where HTTP is served: TCP (`--listen`, or a passed `http` socket), or a UNIX stream socket
+/// passed as `http` (socket activation, [`crate::activation`]).
+#[derive(Debug)]
+pub enum HttpListener {
+    /// A TCP listener.
+    Tcp(TcpListener),
+    /// A UNIX stream listener.
+    Unix(UnixListener),
+}
+
+impl HttpListener {
+    /// Takes over a passed listener (made non-blocking here).
+    ///
+    /// # Errors
+    /// Those of `fcntl` and of registering it with the runtime.
+    fn from_inherited(http: InheritedHttp) -> io::Result<Self> {
+        Ok(match http {
+            InheritedHttp::Tcp(listener) => {
+                listener.set_nonblocking(true)?;
+                Self::Tcp(TcpListener::from_std(listener)?)
+            }
+            InheritedHttp::Unix(listener) => {
+                listener.set_nonblocking(true)?;
+                Self::Unix(UnixListener::from_std(listener)?)
+            }
+        })
+    }
+}
+
+/// Opens the journal and replays it into `hub`, on a blocking thread.
+async fn open_journal(config: JournalConfig, hub: &Hub) -> anyhow::Result<Journal> {
+    let hub = hub.clone();
+    let (journal, _) =
+        tokio::task::spawn_blocking(move || Journal::open(&config.dir, config.retention, &hub))
+            .await
+            .context("the journal's replay failed")??;
+    Ok(journal)
+}
+
 /// A hub with its guests registered and its HTTP port bound, ready to [`run`](Self::run).
 #[derive(Debug)]
 pub struct Server {
-    listener: TcpListener,
+    listener: HttpListener,
+    /// The UNIX socket file of `--listen unix:PATH`, removed when this is dropped.
+    http_socket: Option<SocketFile>,
+    /// The bearer token every request must carry.
+    token: Option<Arc<Token>>,
     state: AppState,
     notify_sockets: Vec<(String, String)>,
     /// The kernel vsock listeners and their router, running from `bind` on.
     vsock: VsockTasks,
+    /// The journal the hub was restored from and stores into; closed last.
+    journal: Option<Journal>,
 }
 
 impl Server {
@@ -84,6 +150,30 @@ impl Server {
     /// A guest that cannot be registered, or a listener that cannot be bound; nothing is left
     /// behind then.
     pub async fn bind(config: Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        Self::bind_with(config, Inherited::default(), shutdown).await
+    }
+
+    /// As [`bind`](Self::bind), with the sockets a service manager passed (socket activation,
+    /// [`crate::activation`]): `inherited.http` replaces `config.listen`, its vsock listeners
+    /// replace `config.vsock`'s ports, and each of `inherited.guests` is registered, before
+    /// `config.guests`, with its passed notify socket.
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind); also a passed socket that cannot be taken over.
+    pub async fn bind_with(
+        config: Config,
+        inherited: Inherited,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let Inherited {
+            http,
+            vsock_stream,
+            vsock_seqpacket,
+            guests: inherited_guests,
+        } = inherited;
+        if http.is_none() {
+            config.http_auth.check(&config.listen)?;
+        }
         let run_dir = std::path::absolute(&config.run_dir).with_context(|| {
             format!(
                 "cannot make the run directory {} absolute",
@@ -92,7 +182,11 @@ impl Server {
         })?;
         let hub = Hub::new();
         hub.set_ready_timeout(config.ready_timeout);
-        let kernel = KernelListeners::bind(&config.vsock)?;
+        let journal = match &config.journal {
+            Some(journal) => Some(open_journal(journal.clone(), &hub).await?),
+            None => None,
+        };
+        let kernel = KernelListeners::bind_or_adopt(&config.vsock, vsock_stream, vsock_seqpacket)?;
         let vsock_settings = VsockSettings {
             ports: kernel.ports(),
             ..config.vsock.settings
@@ -103,22 +197,30 @@ impl Server {
             &shutdown,
             vsock_settings,
         );
+        registry.set_rate_limit(config.rate_limit);
+        registry.set_socket_access(config.socket_access);
         let vsock = kernel.spawn(registry.clone(), shutdown.child_token());
         let state = AppState {
             hub,
             registry,
             shutdown,
         };
-        match Self::start(&config, &state).await {
-            Ok((listener, notify_sockets)) => Ok(Self {
+        match Self::start(&config, &state, http, inherited_guests).await {
+            Ok((listener, http_socket, notify_sockets)) => Ok(Self {
                 listener,
+                http_socket,
+                token: config.http_auth.token.clone(),
                 state,
                 notify_sockets,
                 vsock,
+                journal,
             }),
             Err(error) => {
                 vsock.stop().await;
                 state.registry.close().await;
+                if let Some(journal) = journal {
+                    journal.close().await;
+                }
                 Err(error)
             }
         }
@@ -127,9 +229,23 @@ impl Server {
     async fn start(
         config: &Config,
         state: &AppState,
-    ) -> anyhow::Result<(TcpListener, Vec<(String, String)>)> {
-        let mut notify_sockets =
-            Vec::with_capacity(config.guests.len() + config.vsock.guests.len());
+        http: Option<InheritedHttp>,
+        inherited_guests: Vec<(String, std::os::unix::net::UnixDatagram)>,
+    ) -> anyhow::Result<(HttpListener, Option<SocketFile>, Vec<(String, String)>)> {
+        let mut notify_sockets = Vec::with_capacity(
+            inherited_guests.len() + config.guests.len() + config.vsock.guests.len(),
+        );
+        for (name, socket) in inherited_guests {
+            let socket = NotifySocket::from_inherited(socket).with_context(|| {
+                format!("cannot take over the passed notify socket of {name:?}")
+            })?;
+            let guest = state
+                .registry
+                .register_inherited(&name, socket)
+                .await
+                .with_context(|| format!("cannot register guest {name:?}"))?;
+            notify_sockets.push((name, guest.summary.notify_socket.to_string()));
+        }
         for name in &config.guests {
             let guest = state
                 .registry
@@ -150,18 +266,76 @@ impl Server {
             let launch = launch::launch(name, &summary.notify_socket, reach, ports);
             notify_sockets.push((name.clone(), launch.notify_socket));
         }
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        Ok((listener, notify_sockets))
+        // The journal's other guests: restored with their state, their sockets bound anew.
+        let named = notify_sockets.len();
+        for (name, error) in state.registry.restore().await {
+            warn!(guest = name, %error, "restored guest gets no socket");
+        }
+        for guest in state.hub.guests().guests {
+            let summary = &guest.summary;
+            let name = &summary.snapshot.name;
+            if notify_sockets[..named]
+                .iter()
+                .any(|(taken, _)| taken == name)
+            {
+                continue;
+            }
+            let ports = state.registry.kernel_ports();
+            let launch = launch::launch(name, &summary.notify_socket, &summary.reach, ports);
+            notify_sockets.push((name.clone(), launch.notify_socket));
+        }
+        let cannot_listen = || format!("cannot listen on {}", config.listen);
+        let (listener, http_socket) = match (http, &config.listen) {
+            (Some(http), _) => {
+                let listener = HttpListener::from_inherited(http)
+                    .context("cannot take over the passed \"http\" listener")?;
+                if let HttpListener::Tcp(tcp) = &listener {
+                    config.http_auth.check(&Listen::Tcp(tcp.local_addr()?))?;
+                }
+                (listener, None)
+            }
+            (None, Listen::Tcp(addr)) => {
+                let listener = TcpListener::bind(addr).await.with_context(cannot_listen)?;
+                (HttpListener::Tcp(listener), None)
+            }
+            (None, Listen::Unix(path)) => {
+                let (listener, file) =
+                    notifyhub_transport_unix::stream::bind_listener(path, config.http_socket_mode)
+                        .with_context(cannot_listen)?;
+                (HttpListener::Unix(listener), Some(file))
+            }
+        };
+        Ok((listener, http_socket, notify_sockets))
     }
 
     /// The address HTTP is served on.
     ///
     /// # Errors
-    /// As [`TcpListener::local_addr`].
+    /// As [`TcpListener::local_addr`]; [`io::ErrorKind::Unsupported`] when HTTP is served on a
+    /// UNIX socket (see [`http_address`](Self::http_address)).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            HttpListener::Tcp(listener) => listener.local_addr(),
+            HttpListener::Unix(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "HTTP is served on a UNIX socket",
+            )),
+        }
+    }
+
+    /// Where HTTP is served, for people: `http://127.0.0.1:7370`, or `unix:/PATH` for a passed
+    /// UNIX stream socket (`curl --unix-socket /PATH http://localhost/`).
+    ///
+    /// # Errors
+    /// Those of `getsockname`.
+    pub fn http_address(&self) -> io::Result<String> {
+        Ok(match &self.listener {
+            HttpListener::Tcp(listener) => format!("http://{}", listener.local_addr()?),
+            HttpListener::Unix(listener) => match listener.local_addr()?.as_pathname() {
+                Some(path) => format!("unix:{}", path.display()),
+                None => "unix:(unnamed)".to_owned(),
+            },
+        })
     }
 
     /// The guests registered at start, in order, with what each is handed as `$NOTIFY_SOCKET`:
@@ -185,20 +359,50 @@ impl Server {
     pub async fn run(self) -> io::Result<()> {
         let Self {
             listener,
+            http_socket,
+            token,
             state,
             vsock,
+            journal,
             ..
         } = self;
         let shutdown = state.shutdown.clone();
         let registry = state.registry.clone();
         // Every listener and guest socket is bound by now: the service manager may hear READY=1.
         let supervisor = tokio::spawn(supervisor::report(state.hub.clone(), shutdown.clone()));
-        let served = axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        let app = match token {
+            Some(token) => router(state).layer(axum::middleware::from_fn_with_state(
+                token,
+                security::require_token,
+            )),
+            None => router(state),
+        };
+        let served = match listener {
+            HttpListener::Tcp(listener) => {
+                // Without TCP_NODELAY an SSE event waits for the client's delayed ACK of the
+                // one before (Nagle): up to 40 ms on Linux.
+                let listener = listener.tap_io(|stream| {
+                    if let Err(error) = stream.set_nodelay(true) {
+                        debug!(%error, "cannot set TCP_NODELAY on a connection");
+                    }
+                });
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }
+            HttpListener::Unix(listener) => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await
+            }
+        };
         info!("stopped serving; removing the guests' sockets");
+        drop(http_socket);
         vsock.stop().await;
         registry.close().await;
+        if let Some(journal) = journal {
+            journal.close().await;
+        }
         // It has sent STOPPING=1 once shutdown began.
         let _ = supervisor.await;
         served

@@ -5,12 +5,16 @@
 //! drains the guest's events into the event log and publishes the new [`Snapshot`]. The web handlers only read: views ([`Hub::guest`], [`Hub::guests`],
 //! [`Hub::history`]), long-polls ([`Hub::wait`]) and event feeds ([`Hub::subscribe`]).
 //!
+//! The transports call the `accept_*` forms ([`Hub::accept_datagram`] and its siblings, in
+//! [`crate::journal`]): with a journal attached they store each input before applying it; without
+//! one they are the methods above.
+//!
 //! All state sits behind one `std::sync::Mutex`. Every method that takes it is synchronous and
 //! short, so the lock is never held across an `.await`; waiting happens on the `watch` and
 //! `broadcast` channels the store hands out.
 
 use std::collections::{BTreeMap, VecDeque, btree_map};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use notifyhub_core::{
@@ -20,7 +24,9 @@ use notifyhub_core::{
 use serde::{Serialize, Serializer};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::info;
 
+use crate::metrics::Metrics;
 use crate::vsock::Reach;
 
 /// How much the store keeps. [`Limits::default`] is what the hub uses.
@@ -30,7 +36,9 @@ pub struct Limits {
     pub history: usize,
     /// Hub events kept for `Last-Event-ID` resumes.
     pub event_log: usize,
-    /// Hub events buffered per live subscriber before it lags and gets a [`Resync`].
+    /// Hub events a live subscriber may fall behind before it lags and gets a [`Resync`]. One
+    /// ring serves every subscriber and holds the events the resume log holds anyway, so a
+    /// larger one costs a pointer per slot, not memory per client.
     pub live: usize,
 }
 
@@ -39,7 +47,7 @@ impl Default for Limits {
         Self {
             history: 4096,
             event_log: 8192,
-            live: 1024,
+            live: 8192,
         }
     }
 }
@@ -54,6 +62,9 @@ pub struct Hub {
 struct Inner {
     state: Mutex<State>,
     limits: Limits,
+    metrics: Metrics,
+    /// Set once by [`crate::journal::Journal::open`]: inputs are stored before they apply.
+    journal: OnceLock<crate::journal::Writer>,
 }
 
 #[derive(Debug)]
@@ -89,20 +100,22 @@ struct EventLog {
 /// A guest's state without its timeline: the SSE `snapshot`, and what a [`Resync`] carries.
 ///
 /// Serialised as the fields of [`Snapshot`] plus `notify_socket`, `cid` and `hybrid`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct GuestSummary {
     /// The guest's state.
     #[serde(flatten)]
     pub snapshot: Arc<Snapshot>,
     /// The absolute path of the guest's notify socket, the value of its `$NOTIFY_SOCKET`.
+    #[schema(value_type = String)]
     pub notify_socket: Arc<str>,
     /// How a VM guest reaches the hub over vsock: `"cid"` and `"hybrid"`, `null` if not.
     #[serde(flatten)]
+    #[schema(value_type = crate::openapi::ReachFields)]
     pub reach: Arc<Reach>,
 }
 
 /// A guest as `GET /api/v1/guests/{name}` shows it: [`GuestSummary`] plus the boot timeline.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct GuestDetail {
     /// The state and socket path.
     #[serde(flatten)]
@@ -203,6 +216,24 @@ pub struct HubEvent {
     /// The guest's state after the datagram (or registration, or removal) that caused the event.
     /// Events caused by one datagram share it.
     pub snapshot: GuestSummary,
+    /// [`HubEvent::json`], made once for every subscriber.
+    #[serde(skip)]
+    json: OnceLock<Arc<str>>,
+}
+
+impl HubEvent {
+    /// The event as JSON (its [`Serialize`] form), serialised on the first call only: every
+    /// SSE client sends the same text.
+    pub fn json(&self) -> Arc<str> {
+        self.json
+            .get_or_init(|| {
+                // Plain data of strings and numbers: serialising it cannot fail.
+                serde_json::to_string(self)
+                    .expect("hub events serialise")
+                    .into()
+            })
+            .clone()
+    }
 }
 
 /// Sent to a subscriber instead of events it cannot have: the state of every guest it follows.
@@ -307,6 +338,9 @@ pub enum IngestError {
     /// The core rejected the datagram; it was counted in the guest's drops.
     #[error("datagram dropped: {0}")]
     Rejected(#[from] ParseError),
+    /// The journal could not store the datagram, so it was not applied either.
+    #[error("datagram dropped: {0}")]
+    NotStored(#[from] crate::journal::NotStored),
 }
 
 impl Default for Hub {
@@ -341,7 +375,89 @@ impl Hub {
                     ready_timeout: None,
                 }),
                 limits,
+                metrics: Metrics::new(),
+                journal: OnceLock::new(),
             }),
+        }
+    }
+
+    /// The hub's metrics ([`Metrics`]): the store counts accepted messages and drops in them,
+    /// and its long-polls while they wait.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// What this store keeps.
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// The journal's writer, once [`crate::journal::Journal::open`] attached it.
+    pub(crate) fn journal(&self) -> Option<&crate::journal::Writer> {
+        self.inner.journal.get()
+    }
+
+    /// Makes the `accept_*` inputs go through `writer` from now on.
+    pub(crate) fn attach_journal(&self, writer: crate::journal::Writer) {
+        if self.inner.journal.set(writer).is_err() {
+            panic!("a journal is attached to this hub already");
+        }
+    }
+
+    /// Puts guest `name` back as a journal checkpoint kept it: its state machine, how many
+    /// messages it had accepted, and its newest kept messages (oldest first). Logs no event.
+    pub(crate) fn restore(
+        &self,
+        name: &str,
+        guest: Guest,
+        notify_socket: &str,
+        reach: Reach,
+        accepted: u64,
+        history: Vec<Record>,
+    ) {
+        let limit = self.inner.limits.history;
+        let (snapshot, _) = watch::channel(Arc::new(guest.snapshot()));
+        let skip = history.len().saturating_sub(limit);
+        let entry = Entry {
+            guest,
+            notify_socket: notify_socket.into(),
+            reach: Arc::new(reach),
+            history: history.into_iter().skip(skip).map(Arc::new).collect(),
+            accepted,
+            snapshot,
+        };
+        self.lock().guests.insert(name.to_owned(), entry);
+    }
+
+    /// Guest `name`'s state for a journal checkpoint: its state machine, accepted messages,
+    /// notify socket and reach.
+    pub(crate) fn checkpoint(&self, name: &str) -> Option<crate::journal::CheckpointOf> {
+        let state = self.lock();
+        let entry = state.guests.get(name)?;
+        Some((
+            entry.guest.clone(),
+            entry.accepted,
+            entry.notify_socket.clone(),
+            entry.reach.clone(),
+        ))
+    }
+
+    /// During a journal replay: the next event gets id `last_id + 1`. Going forward over ids
+    /// whose events are gone (pruned or purged) empties the resume ring, so that a
+    /// `Last-Event-ID` from before the gap gets a [`Resync`]; ids never go back.
+    pub(crate) fn resume_event_ids(&self, last_id: u64) {
+        let mut state = self.lock();
+        if last_id > state.log.last_id {
+            state.log.last_id = last_id;
+            state.log.ring.clear();
+        }
+    }
+
+    /// Points guest `name` at its notify socket's path in this run (a restored guest's may
+    /// differ from the one it was registered with).
+    pub(crate) fn set_notify_socket(&self, name: &str, notify_socket: &str) {
+        if let Some(entry) = self.lock().guests.get_mut(name) {
+            entry.notify_socket = notify_socket.into();
         }
     }
 
@@ -471,7 +587,10 @@ impl Hub {
                 }));
                 entry.accepted
             });
-        entry.publish(name, log);
+        if accepted.is_ok() {
+            self.inner.metrics.count_message(&sender);
+        }
+        entry.publish(name, log, &self.inner.metrics);
         accepted.map_err(IngestError::from)
     }
 
@@ -515,7 +634,7 @@ impl Hub {
             .get_mut(name)
             .ok_or_else(|| UnknownGuest(name.to_owned()))?;
         input(&mut entry.guest);
-        entry.publish(name, log);
+        entry.publish(name, log, &self.inner.metrics);
         Ok(())
     }
 
@@ -597,6 +716,7 @@ impl Hub {
             .watch(name)
             .ok_or_else(|| UnknownGuest(name.to_owned()))?;
         let wait = Wait::new(condition, &snapshots.borrow_and_update());
+        let _waiting = self.inner.metrics.wait_request();
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         loop {
@@ -692,12 +812,16 @@ impl Entry {
         }
     }
 
-    /// After an input: drains the guest's events into `log`, each with the new state, and
-    /// wakes the guest's waiters.
-    fn publish(&mut self, name: &str, log: &mut EventLog) {
-        self.snapshot.send_replace(Arc::new(self.guest.snapshot()));
+    /// After an input: drains the guest's events into `log`, each with the new state, wakes the
+    /// guest's waiters, and counts its new drops in `metrics`.
+    fn publish(&mut self, name: &str, log: &mut EventLog, metrics: &Metrics) {
+        let before = self.snapshot.send_replace(Arc::new(self.guest.snapshot()));
         let summary = self.summary();
+        metrics.count_drops(&before.drops, &summary.snapshot.drops);
         while let Some(event) = self.guest.poll_event() {
+            if let Event::PhaseChanged { from, to } = &event {
+                info!(guest = name, %from, %to, "phase changed");
+            }
             log.emit(name, Change::Guest(event), summary.clone());
         }
     }
@@ -711,6 +835,7 @@ impl EventLog {
             guest: guest.to_owned(),
             event,
             snapshot,
+            json: OnceLock::new(),
         });
         if self.capacity > 0 {
             if self.ring.len() == self.capacity {

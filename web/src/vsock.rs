@@ -227,7 +227,7 @@ pub enum VsockError {
     /// A kernel vsock guest, but the hub has no kernel vsock listener for it to reach.
     #[error(
         "guest with CID {0} could not reach the hub: it has no kernel vsock listener \
-         (start it with --vsock-port or --vsock-seqpacket-port)"
+         (start it with --vsock-port or --vsock-seqpacket-port, or pass it a vsock socket)"
     )]
     NoKernelListener(u32),
 }
@@ -368,7 +368,10 @@ impl VsockConfig {
             && self.stream_port.is_none()
             && self.seqpacket_port.is_none()
         {
-            anyhow::bail!("--auto-register needs --vsock-port or --vsock-seqpacket-port");
+            anyhow::bail!(
+                "--auto-register needs --vsock-port, --vsock-seqpacket-port or a passed vsock \
+                 socket"
+            );
         }
         Ok(())
     }
@@ -440,11 +443,6 @@ impl VmGuest {
 /// The vsock flags of `notifyhub serve`.
 #[derive(Clone, Debug, clap::Args)]
 #[command(next_help_heading = "VM guests (vsock)")]
-#[command(group(
-    clap::ArgGroup::new("kernel_vsock")
-        .args(["vsock_port", "vsock_seqpacket_port"])
-        .multiple(true)
-))]
 pub struct VsockArgs {
     /// Listen for VM guests on AF_VSOCK SOCK_STREAM (VMADDR_CID_ANY, PORT); hand them
     /// vmm.notify_socket=vsock-stream:2:PORT. Each message goes to the guest with the peer's
@@ -462,7 +460,8 @@ pub struct VsockArgs {
     pub vsock_idle_ms: u64,
     /// Register a VM guest reached over kernel vsock (repeatable): the messages from CID
     /// (3 to 4294967294, unique) to the vsock listeners are its. It gets a unix socket too.
-    #[arg(long = "vm", value_name = "NAME=CID", value_parser = VmGuest::parse_cid, requires = "kernel_vsock")]
+    /// Needs --vsock-port, --vsock-seqpacket-port or a vsock socket passed by systemd.
+    #[arg(long = "vm", value_name = "NAME=CID", value_parser = VmGuest::parse_cid)]
     pub vms: Vec<VmGuest>,
     /// Register a hybrid vsock guest (Firecracker, cloud-hypervisor, vhost-device-vsock;
     /// repeatable): the hub binds UDS_PATH_PORT, where the VMM whose vsock socket is UDS_PATH
@@ -471,7 +470,8 @@ pub struct VsockArgs {
     #[arg(long = "hybrid", value_name = "NAME=UDS_PATH:PORT", value_parser = VmGuest::parse_hybrid)]
     pub hybrids: Vec<VmGuest>,
     /// Register guest cid-N on the first message from an unknown CID N (instead of dropping it).
-    #[arg(long, requires = "kernel_vsock")]
+    /// Needs a kernel vsock listener, as --vm does.
+    #[arg(long)]
     pub auto_register: bool,
     /// Auto-registration stops once the hub holds this many guests; further unknown CIDs are
     /// dropped and counted (GET /api/v1/vsock).
@@ -479,7 +479,7 @@ pub struct VsockArgs {
     pub max_guests: usize,
     /// Drop (and count) kernel vsock messages from source ports ≥ 1024, i.e. not sent by root in
     /// the guest. Hybrid vsock hides the port: its messages are kept.
-    #[arg(long, requires = "kernel_vsock")]
+    #[arg(long)]
     pub ignore_unprivileged: bool,
 }
 
@@ -554,7 +554,8 @@ pub enum Routed {
 /// [`deliver`]s it there, then wakes the guest's receive loop to recompute its deadlines.
 ///
 /// Only whole messages register a guest, and under `--ignore-unprivileged` only those from a
-/// privileged port: a drop or an unprivileged sender never makes a guest.
+/// privileged port: a drop or an unprivileged sender never makes a guest. A message over the
+/// guest's rate limit is dropped and counted ([`crate::limit`]).
 pub async fn route(registry: &Registry, event: Event) -> Routed {
     let Sender::Vsock { cid, .. } = event.sender else {
         // The kernel listeners only make vsock senders.
@@ -593,14 +594,39 @@ pub async fn route(registry: &Registry, event: Event) -> Routed {
             }
         }
     };
+    // The guest's bucket, shared with its receive loop: a message over it is dropped here.
+    if let Some(limiter) = &route.limiter
+        && !limiter.admit(&route.name)
+    {
+        drop(event);
+        return rate_limited(registry.hub(), &route.name);
+    }
     let routed = deliver(
         registry.hub(),
         &route.name,
         event,
         settings.ignore_unprivileged,
-    );
+    )
+    .await;
     route.wake.notify_one();
     routed
+}
+
+/// Counts a message over guest `name`'s rate limit ([`crate::limit`]) as its drop
+/// ([`DropReason::RateLimited`]), in memory only: unlike other drops it is not journaled, so
+/// that a flood costs no write per datagram (which would hold up every other guest's messages
+/// behind the journal's commits); the count starts again from the journal after a restart.
+pub(crate) fn rate_limited(hub: &Hub, name: &str) -> Routed {
+    let reason = DropReason::RateLimited;
+    match hub.record_drop(name, reason) {
+        Ok(()) => Routed::Dropped {
+            guest: name.to_owned(),
+            reason,
+        },
+        Err(_) => Routed::Gone {
+            guest: name.to_owned(),
+        },
+    }
 }
 
 fn unknown_cid(registry: &Registry, cid: u32, event: &Event) -> Routed {
@@ -622,7 +648,7 @@ fn is_unprivileged(sender: &Sender) -> bool {
 /// drop is counted as its [`drop_reason`], and under `ignore_unprivileged` a message from a
 /// source port ≥ 1024 is counted as [`DropReason::Unprivileged`] instead. A hybrid sender has no
 /// port, so it is never refused for it.
-pub fn deliver(hub: &Hub, name: &str, event: Event, ignore_unprivileged: bool) -> Routed {
+pub async fn deliver(hub: &Hub, name: &str, event: Event, ignore_unprivileged: bool) -> Routed {
     let guest = || name.to_owned();
     let reason = match event.received {
         Received::Message { .. } if ignore_unprivileged && is_unprivileged(&event.sender) => {
@@ -630,7 +656,11 @@ pub fn deliver(hub: &Hub, name: &str, event: Event, ignore_unprivileged: bool) -
             DropReason::Unprivileged
         }
         Received::Message { payload, end } => {
-            return match hub.ingest(name, clock::now(), event.sender, &payload, 0) {
+            let now = clock::now();
+            return match hub
+                .accept_datagram(name, now, event.sender, payload, Vec::new())
+                .await
+            {
                 Ok(seq) => {
                     trace!(guest = name, seq, ?end, "vsock message");
                     Routed::Accepted {
@@ -659,7 +689,7 @@ pub fn deliver(hub: &Hub, name: &str, event: Event, ignore_unprivileged: bool) -
             drop_reason(reason)
         }
     };
-    match hub.record_drop(name, reason) {
+    match hub.accept_drop(name, reason).await {
         Ok(()) => Routed::Dropped {
             guest: guest(),
             reason,
@@ -763,6 +793,46 @@ impl KernelListeners {
             })
             .transpose()?;
         Ok(Self { stream, seqpacket })
+    }
+
+    /// As [`bind`](Self::bind), with the listening sockets a service manager passed (socket
+    /// activation, [`crate::activation`]) in place of `--vsock-port` (`stream`) and
+    /// `--vsock-seqpacket-port` (`seqpacket`); a flag they replace is ignored, with a warning.
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind); also a passed socket whose port cannot be read.
+    pub fn bind_or_adopt(
+        config: &VsockConfig,
+        stream: Option<std::os::fd::OwnedFd>,
+        seqpacket: Option<std::os::fd::OwnedFd>,
+    ) -> anyhow::Result<Self> {
+        if stream.is_none() && seqpacket.is_none() {
+            return Self::bind(config);
+        }
+        let mut rest = config.clone();
+        if stream.is_some() && rest.stream_port.take().is_some() {
+            warn!("--vsock-port ignored: the service manager passed the \"vsock\" listener");
+        }
+        if seqpacket.is_some() && rest.seqpacket_port.take().is_some() {
+            warn!(
+                "--vsock-seqpacket-port ignored: the service manager passed the \
+                 \"vsock-seqpacket\" listener"
+            );
+        }
+        // There is a kernel listener, the passed one: --auto-register has what it needs.
+        rest.settings.auto_register = false;
+        let mut listeners = Self::bind(&rest)?;
+        if let Some(fd) = stream {
+            let listener = VsockStreamListener::from_listening(fd)
+                .context("cannot take over the passed \"vsock\" listener")?;
+            listeners.stream = Some(listener);
+        }
+        if let Some(fd) = seqpacket {
+            let listener = VsockSeqpacketListener::from_listening(fd)
+                .context("cannot take over the passed \"vsock-seqpacket\" listener")?;
+            listeners.seqpacket = Some(listener);
+        }
+        Ok(listeners)
     }
 
     /// The ports bound (the kernel's choice where `VMADDR_PORT_ANY` was asked).

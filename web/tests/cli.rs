@@ -40,6 +40,8 @@ impl Hub {
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--run-dir"])
             .arg(tmp.path().join("run"))
+            .arg("--state-dir")
+            .arg(tmp.path().join("state"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);

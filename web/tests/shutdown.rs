@@ -64,6 +64,8 @@ async fn the_binary_prints_its_sockets_and_address_and_stops_on_sigterm() {
             "web1",
             "--guest",
             "db.2",
+            "--state-dir",
+            "none",
             "--run-dir",
         ])
         .arg(tmp.path())
@@ -132,6 +134,8 @@ async fn the_binary_refuses_a_socket_path_over_107_bytes() {
             "127.0.0.1:0",
             "--guest",
             &"a".repeat(40),
+            "--state-dir",
+            "none",
             "--run-dir",
         ])
         .arg(&deep)

@@ -169,9 +169,14 @@ async fn hybrid_guest_is_identified_by_its_socket() {
     let shutdown = CancellationToken::new();
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        http_auth: Default::default(),
+        http_socket_mode: 0o600,
+        socket_access: Default::default(),
         run_dir: tmp.path().join("run"),
         guests: vec![],
         ready_timeout: None,
+        rate_limit: None,
+        journal: None,
         vsock: VsockConfig {
             guests: vec![guest],
             ..VsockConfig::default()
@@ -546,7 +551,7 @@ async fn ignore_unprivileged_drops_and_counts_ports_from_1024() {
         received: message(b"STATUS=hybrid"),
     };
     assert!(matches!(
-        vsock::deliver(hub.registry.hub(), "vm1", hybrid, true),
+        vsock::deliver(hub.registry.hub(), "vm1", hybrid, true).await,
         Routed::Accepted { .. }
     ));
 
@@ -639,9 +644,14 @@ async fn kernel_listeners_start_and_stop_with_the_server() {
     let shutdown = CancellationToken::new();
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        http_auth: Default::default(),
+        http_socket_mode: 0o600,
+        socket_access: Default::default(),
         run_dir: tmp.path().to_owned(),
         guests: vec![],
         ready_timeout: None,
+        rate_limit: None,
+        journal: None,
         vsock: VsockConfig {
             stream_port: Some(VMADDR_PORT_ANY),
             seqpacket_port: Some(VMADDR_PORT_ANY),

@@ -28,6 +28,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use notifyhub_core::{Sender, Timestamp};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::ApiError;
 use crate::store::{Hub, Record};
@@ -42,7 +43,7 @@ pub const CONTENT_TYPE: &str = "application/x-ndjson";
 pub const CHUNK_LEN: usize = 64 * 1024;
 
 /// `?format=` of `GET /guests/{name}/events`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(super) enum EventsFormat {
     /// `{"events": [...], "forgotten": N}`, the default.
@@ -53,10 +54,13 @@ pub(super) enum EventsFormat {
 }
 
 /// The query of `GET /guests/{name}/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
+    /// `json` (the default) or `jsonl`, the event log.
     #[serde(default)]
+    #[param(inline)]
     pub(super) format: EventsFormat,
 }
 
@@ -75,6 +79,18 @@ pub(super) fn guest(hub: &Hub, name: &str) -> Result<Response, ApiError> {
 ///
 /// Each guest's messages are taken whole, one guest after another: a message that arrives
 /// meanwhile may be in the export of a guest taken later and not of one taken earlier.
+#[utoipa::path(
+    get,
+    path = "/events/export",
+    tag = "events",
+    responses((
+        status = 200,
+        description = "Every guest's kept messages as the event log v1 (JSON Lines: a header \
+                       line, then a line per message, by receive time, then guest name)",
+        content_type = "application/x-ndjson",
+        body = String,
+    ))
+)]
 pub(super) async fn all(State(hub): State<Hub>) -> Response {
     let guests = hub
         .guests()

@@ -1,5 +1,6 @@
 //! The HTTP side of the client commands: the hub's URL, requests, and what its answers mean.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
@@ -20,7 +21,8 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the hub is: the global `--hub` option.
 #[derive(Debug, Args)]
 pub(crate) struct HubArgs {
-    /// The hub's URL, for wait, status, events and launch.
+    /// The hub's URL, for wait, status, events and launch: http://HOST:PORT[/PREFIX], or
+    /// unix:PATH for a hub that serves on a UNIX socket (`serve --listen unix:PATH`).
     #[arg(
         long = "hub",
         global = true,
@@ -31,6 +33,15 @@ pub(crate) struct HubArgs {
         help_heading = "Hub"
     )]
     pub(crate) url: String,
+    /// File with the hub's bearer token (`serve --token-file`), sent as `Authorization: Bearer`.
+    #[arg(
+        long = "token-file",
+        global = true,
+        value_name = "FILE",
+        env = "NOTIFYHUB_TOKEN_FILE",
+        help_heading = "Hub"
+    )]
+    pub(crate) token_file: Option<PathBuf>,
 }
 
 /// A hub to ask.
@@ -38,6 +49,8 @@ pub(crate) struct HubArgs {
 pub(crate) struct Hub {
     /// The base URL, its path ending in `/`.
     base: Url,
+    /// Where the hub is, for messages: `--hub` as given.
+    shown: String,
     http: reqwest::Client,
 }
 
@@ -51,9 +64,29 @@ pub(crate) struct Answer {
 
 impl Hub {
     /// A client of the hub at `args.url`: an `http://` URL, optionally with a path prefix (a
-    /// hub behind a reverse proxy).
+    /// hub behind a reverse proxy), or `unix:/path` (HTTP over that UNIX socket); with
+    /// `args.token_file`'s bearer token on every request.
     pub(crate) fn new(args: &HubArgs) -> Result<Self> {
-        let mut base = Url::parse(&args.url).map_err(|error| {
+        let builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("notifyhub/", env!("CARGO_PKG_VERSION")));
+        let builder = match &args.token_file {
+            Some(file) => builder.default_headers(bearer(file)?),
+            None => builder,
+        };
+        let (url, builder) = match args.url.strip_prefix("unix:") {
+            Some(path) if Path::new(path).is_absolute() => {
+                ("http://localhost/", builder.unix_socket(Path::new(path)))
+            }
+            Some(_) => {
+                return Err(Failure::usage(format_args!(
+                    "invalid hub URL {:?}: a unix: hub needs an absolute path (unix:/run/x.sock)",
+                    args.url
+                )));
+            }
+            None => (args.url.as_str(), builder),
+        };
+        let mut base = Url::parse(url).map_err(|error| {
             Failure::usage(format_args!(
                 "invalid hub URL {:?}: {error} (expected http://HOST:PORT)",
                 args.url
@@ -71,12 +104,14 @@ impl Hub {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("notifyhub/", env!("CARGO_PKG_VERSION")))
+        let http = builder
             .build()
             .map_err(|error| Failure::failed(format_args!("cannot set up HTTP: {error}")))?;
-        Ok(Self { base, http })
+        Ok(Self {
+            base,
+            shown: args.url.clone(),
+            http,
+        })
     }
 
     /// The URL of `/api/v1/` followed by `segments`, each percent-encoded as one path segment.
@@ -131,7 +166,7 @@ impl Hub {
                 exit::HUB,
                 format_args!(
                     "the hub at {} did not answer within {} s",
-                    self.base,
+                    self.shown,
                     timeout.as_secs_f64()
                 ),
             );
@@ -146,7 +181,7 @@ impl Hub {
             format_args!(
                 "cannot reach the hub at {}: {cause} (is `notifyhub serve` running there? set \
                  --hub or NOTIFYHUB_URL)",
-                self.base
+                self.shown
             ),
         )
     }
@@ -200,6 +235,22 @@ impl Answer {
     }
 }
 
+/// The `Authorization: Bearer` header of the token in `file`.
+fn bearer(file: &Path) -> Result<reqwest::header::HeaderMap> {
+    let token = notifyhub_web::security::read_token_file(file).map_err(|error| {
+        match std::error::Error::source(&error) {
+            Some(cause) => Failure::usage(format_args!("{error}: {cause}")),
+            None => Failure::usage(error),
+        }
+    })?;
+    let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
+        .map_err(|error| Failure::usage(format_args!("{}: {error}", file.display())))?;
+    value.set_sensitive(true);
+    Ok([(reqwest::header::AUTHORIZATION, value)]
+        .into_iter()
+        .collect())
+}
+
 /// Runs `command` on a fresh Tokio runtime (the client commands are async; `send`, `parse` and
 /// the documentation commands need none).
 pub(crate) fn block_on<F: Future<Output = Result>>(command: F) -> Result {
@@ -215,7 +266,10 @@ mod tests {
     use super::*;
 
     fn hub(url: &str) -> Result<Hub> {
-        Hub::new(&HubArgs { url: url.into() })
+        Hub::new(&HubArgs {
+            url: url.into(),
+            token_file: None,
+        })
     }
 
     #[test]
@@ -243,7 +297,7 @@ mod tests {
             "127.0.0.1:7370",
             "https://example.test",
             "not a url",
-            "unix:/run/x",
+            "unix:run/x",
         ] {
             match hub(url) {
                 Err(Failure::Error { code, .. }) => assert_eq!(code, exit::USAGE, "{url}"),

@@ -8,6 +8,7 @@
 //! drive the terminal. `--json` prints what the hub (or the log reader) produced, untouched.
 
 pub(crate) mod client;
+pub(crate) mod config;
 pub(crate) mod docs;
 pub(crate) mod events;
 pub(crate) mod format;
@@ -38,8 +39,11 @@ pub(crate) mod exit {
     pub(crate) const USAGE: u8 = 64;
     /// `parse`: some lines could not be read (`EX_DATAERR`).
     pub(crate) const DATA: u8 = 65;
-    /// `parse`: a file could not be opened or read (`EX_NOINPUT`).
+    /// `parse`, `config check`, `serve --config`: a file could not be opened or read
+    /// (`EX_NOINPUT`).
     pub(crate) const NO_INPUT: u8 = 66;
+    /// `config check`, `serve`: the configuration file has errors (`EX_CONFIG`).
+    pub(crate) const CONFIG: u8 = 78;
 }
 
 /// The exit statuses of the hub's client commands other than `wait`.

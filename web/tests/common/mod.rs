@@ -51,9 +51,14 @@ impl TestHub {
         let shutdown = CancellationToken::new();
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
+            http_auth: Default::default(),
+            http_socket_mode: 0o600,
+            socket_access: Default::default(),
             run_dir: run_dir.clone(),
             guests: guests.iter().map(ToString::to_string).collect(),
             ready_timeout: None,
+            rate_limit: None,
+            journal: None,
             vsock: Default::default(),
         };
         let server = Server::bind(config, shutdown.clone()).await.unwrap();
