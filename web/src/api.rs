@@ -349,6 +349,9 @@ struct MessageList {
     events: Vec<MessageView>,
     /// How many older messages were accepted but are no longer kept.
     forgotten: u64,
+    /// How many of the `forgotten` went for the hub-wide `--history-memory` rather than the
+    /// guest's own limit.
+    evicted: u64,
 }
 
 /// One kept message: as received, and as the core reads it.
@@ -426,6 +429,7 @@ async fn guest_events(
     Ok(response::Json(MessageList {
         events: history.records.into_iter().map(MessageView).collect(),
         forgotten: history.forgotten,
+        evicted: history.evicted,
     })
     .into_response())
 }

@@ -4,10 +4,14 @@
 //! The store's state is a pure fold of its inputs: registrations, datagrams (with receive time,
 //! sender, fd count and the exact bytes), transport drops, fired deadlines and removals. With a
 //! journal, every input goes to its writer thread ([`Hub::accept_datagram`] and its siblings),
-//! which appends a batch of them (everything queued, up to [`MAX_BATCH`]) in one transaction,
-//! commits, and only then applies them to the [`Hub`] in order. So whatever a subscriber saw (an
-//! SSE event, a long-poll answer), and every `BARRIER=1` whose fds were closed, is in the
-//! database first. On start, [`Journal::open`] replays the inputs through the same [`Hub`]
+//! which appends a batch of them (everything queued, about [`MAX_BATCH`]) in one transaction,
+//! commits, and only then applies them to the [`Hub`] in order, publishes each guest's new state
+//! once per batch, and closes the inputs' fds. So whatever a subscriber saw (an SSE event, a
+//! long-poll answer), and every `BARRIER=1` whose fds were closed, is in the database first.
+//! A guest's receive loop hands over what it drained from its socket as one submission
+//! ([`Hub::accept_batch`]) and does not wait for the commit: the queue's room ([`QUEUE`]
+//! inputs) is the only wait, so one socket is not one transaction per datagram. Drops in a row
+//! (a flood over the rate limit) are one input with a count, and a row. On start, [`Journal::open`] replays the inputs through the same [`Hub`]
 //! methods, which rebuilds every guest's snapshot, timeline, message history and the hub event
 //! ids (and the `Last-Event-ID` ring) as they were.
 //!
@@ -41,12 +45,12 @@ use anyhow::Context as _;
 use notifyhub_core::{DropReason, Guest, Sender, Timestamp};
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::clock;
 use crate::store::{
-    AlreadyRegistered, GuestDetail, GuestSummary, Hub, IngestError, Record, UnknownGuest,
+    AlreadyRegistered, GuestDetail, GuestSummary, Hub, IngestError, Publish, Record, UnknownGuest,
 };
 use crate::vsock::{Hybrid, Reach};
 
@@ -62,7 +66,7 @@ pub const SCHEMA_VERSION: i64 = 1;
 /// Inputs one transaction takes at most.
 pub const MAX_BATCH: usize = 1024;
 
-/// Inputs that may wait for the writer before submitters wait (the channel's bound).
+/// Inputs that may wait for the writer before submitters wait (the queue's bound).
 pub const QUEUE: usize = 4096;
 
 /// How often retention runs (and once at start).
@@ -77,6 +81,10 @@ pub const DEFAULT_RETAIN_MESSAGES: u64 = 4096;
 
 /// How often the WAL is checkpointed into the database (and synced).
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most drops one input counts (the writer starts another past it); a row claiming more is
+/// refused at replay, so that a damaged row cannot make it count for minutes.
+const MAX_DROP_COUNT: u64 = 1 << 24;
 
 /// How long the writer pauses after a failed commit, so that a broken disk does not spin it.
 const FAILURE_PAUSE: Duration = Duration::from_millis(100);
@@ -211,13 +219,16 @@ pub enum Input {
         /// How many fds came with it.
         fds: usize,
     },
-    /// [`Hub::record_drop`].
+    /// [`Hub::record_drop`], `count` times: datagrams dropped in a row for one reason (a
+    /// flood over the rate limit is one row per batch, not one per datagram).
     Drop {
         /// The guest's name.
         name: String,
-        /// Why the transport dropped it.
+        /// Why they were dropped.
         reason: DropReason,
-        /// When.
+        /// How many, at least 1.
+        count: u64,
+        /// When (the first of them).
         at: Timestamp,
     },
     /// [`Hub::handle_timeout`].
@@ -290,11 +301,13 @@ pub struct NotStored(pub String);
 /// What the writer thread is asked to do.
 #[derive(Debug)]
 enum Command {
-    /// Store, apply, answer; close `fds` after applying.
+    /// Store, apply, answer each input that has a reply; close its fds once it is published;
+    /// then notify `wake`.
     Submit {
-        input: Input,
-        fds: Vec<OwnedFd>,
-        reply: oneshot::Sender<Result<Outcome, NotStored>>,
+        inputs: Vec<Pending>,
+        wake: Option<Arc<Notify>>,
+        /// One per input: the queue's room, given back once they are applied.
+        _room: OwnedSemaphorePermit,
     },
     /// Finish what came before and stop.
     Close,
@@ -303,7 +316,10 @@ enum Command {
 /// The submitting side of the writer thread, held by the [`Hub`].
 #[derive(Clone, Debug)]
 pub(crate) struct Writer {
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::UnboundedSender<Command>,
+    /// [`QUEUE`] permits: inputs submitted and not yet applied hold one each, so a submitter
+    /// waits (backpressure) while the writer is that far behind.
+    room: Arc<Semaphore>,
 }
 
 impl Writer {
@@ -314,11 +330,37 @@ impl Writer {
         fds: Vec<OwnedFd>,
     ) -> Result<Outcome, NotStored> {
         let (reply, outcome) = oneshot::channel();
-        let command = Command::Submit { input, fds, reply };
-        if self.commands.send(command).await.is_err() {
-            return Err(shut());
-        }
+        self.send(vec![(input, fds, Some(reply))], None).await?;
         outcome.await.unwrap_or_else(|_| Err(shut()))
+    }
+
+    /// Queues `inputs` (at most [`QUEUE`]) to be stored and applied in order, each closing its
+    /// fds once it is published, and notifies `wake` after; waits only for room in the queue,
+    /// not for the commit. The writer logs what applying them gave.
+    pub(crate) async fn submit_batch(
+        &self,
+        inputs: Vec<(Input, Vec<OwnedFd>)>,
+        wake: Arc<Notify>,
+    ) -> Result<(), NotStored> {
+        let inputs = inputs
+            .into_iter()
+            .map(|(input, fds)| (input, fds, None))
+            .collect();
+        self.send(inputs, Some(wake)).await
+    }
+
+    async fn send(&self, inputs: Vec<Pending>, wake: Option<Arc<Notify>>) -> Result<(), NotStored> {
+        let n = u32::try_from(inputs.len().clamp(1, QUEUE)).unwrap_or(1);
+        let room = Arc::clone(&self.room)
+            .acquire_many_owned(n)
+            .await
+            .map_err(|_| shut())?;
+        let command = Command::Submit {
+            inputs,
+            wake,
+            _room: room,
+        };
+        self.commands.send(command).map_err(|_| shut())
     }
 }
 
@@ -326,8 +368,9 @@ fn shut() -> NotStored {
     NotStored("the journal is closed: the hub is shutting down".into())
 }
 
-/// Applies `input` to `hub` with the store's own methods.
-fn apply(hub: &Hub, input: &Input) -> Outcome {
+/// Applies `input` to `hub` with the store's own methods; datagrams, drops and timeouts
+/// published as `publish` says (registrations and removals at once).
+fn apply(hub: &Hub, input: Input, publish: Publish) -> Outcome {
     match input {
         Input::Register {
             name,
@@ -337,11 +380,11 @@ fn apply(hub: &Hub, input: &Input) -> Outcome {
             at,
         } => {
             let configured = hub.ready_timeout();
-            if configured != *ready_timeout {
-                hub.set_ready_timeout(*ready_timeout);
+            if configured != ready_timeout {
+                hub.set_ready_timeout(ready_timeout);
             }
-            let registered = hub.register_with(name, notify_socket, reach.clone(), *at);
-            if configured != *ready_timeout {
+            let registered = hub.register_with(&name, &notify_socket, reach, at);
+            if configured != ready_timeout {
                 hub.set_ready_timeout(configured);
             }
             Outcome::Registered(registered)
@@ -352,10 +395,17 @@ fn apply(hub: &Hub, input: &Input) -> Outcome {
             sender,
             bytes,
             fds,
-        } => Outcome::Ingested(hub.ingest(name, *at, *sender, bytes, *fds)),
-        Input::Drop { name, reason, .. } => Outcome::Updated(hub.record_drop(name, *reason)),
-        Input::Timeout { name, at } => Outcome::Updated(hub.handle_timeout(name, *at)),
-        Input::Remove { name, .. } => Outcome::Removed(hub.remove(name)),
+        } => Outcome::Ingested(hub.ingest_with(&name, at, sender, bytes, fds, publish)),
+        Input::Drop {
+            name,
+            reason,
+            count,
+            ..
+        } => Outcome::Updated(hub.record_drops(&name, reason, count, publish)),
+        Input::Timeout { name, at } => {
+            Outcome::Updated(hub.handle_timeout_with(&name, at, publish))
+        }
+        Input::Remove { name, .. } => Outcome::Removed(hub.remove(&name)),
     }
 }
 
@@ -433,9 +483,87 @@ impl Hub {
         let input = Input::Drop {
             name: name.to_owned(),
             reason,
+            count: 1,
             at: clock::now(),
         };
         updated(writer.submit(input, Vec::new()).await)
+    }
+
+    /// Applies a batch of guest `name`'s inputs in order, each stored first with a journal,
+    /// without waiting for the journal: with one, it waits only for room in its queue, and the
+    /// writer closes each datagram's fds once that datagram is stored and published, then
+    /// notifies `wake` (the guest's deadlines may have changed). Without one, they are applied
+    /// and published before this returns, and the fds closed. Rejected datagrams are counted
+    /// in the guest's drops and logged.
+    ///
+    /// # Errors
+    /// [`IngestError::NotStored`]: the journal is closed (nothing of the batch was applied);
+    /// [`IngestError::UnknownGuest`]: no journal and no such guest.
+    pub(crate) async fn accept_batch(
+        &self,
+        name: &str,
+        batch: Vec<Arrival>,
+        wake: &Arc<Notify>,
+    ) -> Result<(), IngestError> {
+        let Some(writer) = self.journal() else {
+            let mut fds_of_batch = Vec::new();
+            for arrival in batch {
+                match arrival {
+                    Arrival::Datagram {
+                        at,
+                        sender,
+                        bytes,
+                        fds,
+                    } => {
+                        match self.ingest_with(name, at, sender, bytes, fds.len(), Publish::Later) {
+                            Ok(_) => {}
+                            Err(IngestError::Rejected(error)) => {
+                                debug!(guest = name, %error, "datagram rejected");
+                            }
+                            Err(error) => return Err(error),
+                        }
+                        fds_of_batch.push(fds);
+                    }
+                    Arrival::Dropped { reason, count, .. } => {
+                        self.record_drops(name, reason, count, Publish::Later)?;
+                    }
+                }
+            }
+            self.publish(name);
+            // Published: a `BARRIER=1` sender may go on.
+            drop(fds_of_batch);
+            return Ok(());
+        };
+        let inputs = batch
+            .into_iter()
+            .map(|arrival| match arrival {
+                Arrival::Datagram {
+                    at,
+                    sender,
+                    bytes,
+                    fds,
+                } => (
+                    Input::Datagram {
+                        name: name.to_owned(),
+                        at,
+                        sender,
+                        bytes,
+                        fds: fds.len(),
+                    },
+                    fds,
+                ),
+                Arrival::Dropped { at, reason, count } => (
+                    Input::Drop {
+                        name: name.to_owned(),
+                        reason,
+                        count,
+                        at,
+                    },
+                    Vec::new(),
+                ),
+            })
+            .collect();
+        Ok(writer.submit_batch(inputs, Arc::clone(wake)).await?)
     }
 
     /// [`Hub::handle_timeout`], stored first (only when a deadline is due: early calls change
@@ -478,6 +606,32 @@ impl Hub {
             }
         }
     }
+}
+
+/// One input of a guest's receive batch, for [`Hub::accept_batch`].
+#[derive(Debug)]
+pub(crate) enum Arrival {
+    /// A whole datagram, received at `at` from `sender`, and the fds that came with it.
+    Datagram {
+        /// When it was received.
+        at: Timestamp,
+        /// Who sent it.
+        sender: Sender,
+        /// The datagram, exactly.
+        bytes: Vec<u8>,
+        /// The fds that came with it, closed once it is stored and published.
+        fds: Vec<OwnedFd>,
+    },
+    /// `count` datagrams in a row dropped for `reason` (by the transport, or the rate limit;
+    /// their fds are closed already).
+    Dropped {
+        /// When the first of them was received.
+        at: Timestamp,
+        /// Why.
+        reason: DropReason,
+        /// How many, at least 1.
+        count: u64,
+    },
 }
 
 fn updated(outcome: Result<Outcome, NotStored>) -> Result<(), UnknownGuest> {
@@ -593,7 +747,7 @@ impl Journal {
         let mut connection = open_database(&dir.join(DATABASE))?;
         let replayed = replay(&mut connection, hub)
             .with_context(|| format!("cannot replay the journal in {}", dir.display()))?;
-        let (commands, queue) = mpsc::channel(QUEUE);
+        let (commands, queue) = mpsc::unbounded_channel();
         let thread = {
             let hub = hub.clone();
             let mut writer = WriterThread {
@@ -610,7 +764,10 @@ impl Journal {
                 .spawn(move || writer.run(queue))
                 .context("cannot start the journal's writer thread")?
         };
-        let writer = Writer { commands };
+        let writer = Writer {
+            commands,
+            room: Arc::new(Semaphore::new(QUEUE)),
+        };
         hub.attach_journal(writer.clone());
         info!(
             dir = %dir.display(),
@@ -637,7 +794,7 @@ impl Journal {
     /// Lets the writer finish every input submitted before, then stops it. Inputs submitted
     /// later are refused with [`NotStored`].
     pub async fn close(mut self) {
-        let _ = self.writer.commands.send(Command::Close).await;
+        let _ = self.writer.commands.send(Command::Close);
         if let Some(thread) = self.thread.take() {
             let joined = tokio::task::spawn_blocking(move || thread.join()).await;
             if !matches!(joined, Ok(Ok(()))) {
@@ -722,11 +879,21 @@ fn decode(
             bytes: bytes.unwrap_or_default(),
             fds: usize::try_from(fds)?,
         },
-        "drop" => Input::Drop {
-            name: guest,
-            reason: serde_json::from_str(data()?)?,
-            at,
-        },
+        "drop" => {
+            let (reason, count) = match serde_json::from_str(data()?)? {
+                StoredDrop::One(reason) => (reason, 1),
+                StoredDrop::Many { reason, count } => (reason, count),
+            };
+            if !(1..=MAX_DROP_COUNT).contains(&count) {
+                anyhow::bail!("a drop count of {count}, not 1 to {MAX_DROP_COUNT}");
+            }
+            Input::Drop {
+                name: guest,
+                reason,
+                count,
+                at,
+            }
+        }
         "timeout" => Input::Timeout { name: guest, at },
         "remove" => Input::Remove { name: guest, at },
         other => anyhow::bail!("unknown input kind {other:?}"),
@@ -763,7 +930,17 @@ fn insert(transaction: &Transaction<'_>, input: &Input) -> rusqlite::Result<i64>
             i64::try_from(*fds).unwrap_or(i64::MAX),
             Some(bytes),
         ),
-        Input::Drop { reason, .. } => (Some(json(reason)), 0, None),
+        Input::Drop {
+            reason, count: 1, ..
+        } => (Some(json(reason)), 0, None),
+        Input::Drop { reason, count, .. } => (
+            Some(json(&StoredDrop::Many {
+                reason: *reason,
+                count: *count,
+            })),
+            0,
+            None,
+        ),
         Input::Timeout { .. } | Input::Remove { .. } => (None, 0, None),
     };
     statement.execute(params![
@@ -775,6 +952,15 @@ fn insert(transaction: &Transaction<'_>, input: &Input) -> rusqlite::Result<i64>
         bytes
     ])?;
     Ok(transaction.last_insert_rowid())
+}
+
+/// A drop row's `data`: the reason as a JSON string for one datagram (as schema 1 always
+/// wrote it), `{"reason", "count"}` for several in a row.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredDrop {
+    One(DropReason),
+    Many { reason: DropReason, count: u64 },
 }
 
 /// `serde_json::to_string` for the few types stored, which cannot fail for them.
@@ -880,7 +1066,7 @@ fn replay(connection: &mut Connection, hub: &Hub) -> anyhow::Result<Replayed> {
                 hub.resume_event_ids(u64::try_from(before)?);
             }
             let before = hub.last_event_id();
-            let outcome = apply(hub, &input);
+            let outcome = apply(hub, input, Publish::Now);
             match recorded {
                 Some((_, after)) => hub.resume_event_ids(u64::try_from(after)?),
                 None => missing.push(Applied {
@@ -937,12 +1123,62 @@ impl Applied {
     }
 }
 
-/// A submitted input: what to store and apply, the fds to close after, whom to answer.
+/// A submitted input: what to store and apply, the fds to close after, whom to answer (if
+/// anybody waits).
 type Pending = (
     Input,
     Vec<OwnedFd>,
-    oneshot::Sender<Result<Outcome, NotStored>>,
+    Option<oneshot::Sender<Result<Outcome, NotStored>>>,
 );
+
+/// The inputs of one commit, and what to release after they were applied.
+#[derive(Default)]
+struct Batch {
+    inputs: Vec<Pending>,
+    /// Receive loops to notify once the batch is applied.
+    wakes: Vec<Arc<Notify>>,
+    /// The queue room the batch's inputs hold.
+    rooms: Vec<OwnedSemaphorePermit>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.inputs.len()
+    }
+
+    /// Adds `pending`; a drop right after a drop of the same guest and reason, neither awaited,
+    /// becomes one input with their counts added: a flood is one row per batch.
+    fn push(&mut self, pending: Pending) {
+        if let (
+            Input::Drop {
+                name,
+                reason,
+                count,
+                ..
+            },
+            _,
+            None,
+        ) = &pending
+            && let Some((
+                Input::Drop {
+                    name: last_name,
+                    reason: last_reason,
+                    count: last_count,
+                    ..
+                },
+                _,
+                None,
+            )) = self.inputs.last_mut()
+            && last_name == name
+            && last_reason == reason
+            && *last_count + *count <= MAX_DROP_COUNT
+        {
+            *last_count += *count;
+            return;
+        }
+        self.inputs.push(pending);
+    }
+}
 
 struct WriterThread {
     connection: Connection,
@@ -1003,7 +1239,7 @@ impl Drop for Checkpointer {
 }
 
 impl WriterThread {
-    fn run(&mut self, mut queue: mpsc::Receiver<Command>) {
+    fn run(&mut self, mut queue: mpsc::UnboundedReceiver<Command>) {
         let checkpointer = match Checkpointer::start(&self.path) {
             Ok(checkpointer) => Some(checkpointer),
             Err(error) => {
@@ -1015,16 +1251,27 @@ impl WriterThread {
             }
         };
         self.prune_if_due();
-        let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut batch = Batch::default();
         while let Some(command) = queue.blocking_recv() {
             let mut close = false;
             let mut next = Some(command);
             while let Some(command) = next.take() {
                 match command {
-                    Command::Submit { input, fds, reply } => batch.push((input, fds, reply)),
+                    Command::Submit {
+                        inputs,
+                        wake,
+                        _room,
+                    } => {
+                        for pending in inputs {
+                            batch.push(pending);
+                        }
+                        batch.wakes.extend(wake);
+                        batch.rooms.push(_room);
+                    }
                     Command::Close => close = true,
                 }
-                if batch.len() < MAX_BATCH && !close {
+                // Submissions count too: merged drops add no input.
+                if batch.len() < MAX_BATCH && batch.rooms.len() < MAX_BATCH && !close {
                     next = queue.try_recv().ok();
                 }
             }
@@ -1063,14 +1310,19 @@ impl WriterThread {
     }
 
     /// Stores the batch (with the ids of the inputs applied before it, one commit), then
-    /// applies and answers each input and keeps its ids for the next commit.
-    fn write(&mut self, batch: &mut Vec<Pending>) {
-        if batch.is_empty() {
+    /// applies each input and keeps its ids for the next commit, publishes each guest's new
+    /// state once, and only then closes the inputs' fds, answers, and wakes receive loops.
+    fn write(&mut self, batch: &mut Batch) {
+        if batch.inputs.is_empty() {
+            batch.wakes.clear();
+            batch.rooms.clear();
             return;
         }
+        let started = Instant::now();
         let stored = (|| {
             let transaction = self.connection.transaction()?;
             let seqs = batch
+                .inputs
                 .iter()
                 .map(|(input, _, _)| insert(&transaction, input))
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -1080,6 +1332,7 @@ impl WriterThread {
         })();
         let seqs = match stored {
             Ok(seqs) => {
+                self.hub.metrics().observe_store_write(started.elapsed());
                 self.applied.clear();
                 self.removed.clear();
                 seqs
@@ -1087,29 +1340,61 @@ impl WriterThread {
             Err(error) => {
                 error!(%error, inputs = batch.len(), "cannot store inputs; refusing them");
                 let refusal = NotStored(error.to_string());
-                for (_, fds, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(refusal.clone()));
+                for (_, fds, reply) in batch.inputs.drain(..) {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(refusal.clone()));
+                    }
                     drop(fds);
+                }
+                batch.rooms.clear();
+                for wake in batch.wakes.drain(..) {
+                    wake.notify_one();
                 }
                 std::thread::sleep(FAILURE_PAUSE);
                 return;
             }
         };
-        for ((input, fds, reply), seq) in batch.drain(..).zip(seqs) {
+        // Guests whose new state is not published yet, in the order they were first touched.
+        let mut unpublished: Vec<String> = Vec::new();
+        let mut done = Vec::with_capacity(batch.len());
+        for ((input, fds, reply), seq) in batch.inputs.drain(..).zip(seqs) {
             let events_before = self.hub.last_event_id();
-            let outcome = apply(&self.hub, &input);
-            // Published now: the fds go (releasing a barrier), the submitter hears back.
-            drop(fds);
+            let name = input.guest().to_owned();
+            let removal = matches!(input, Input::Remove { .. });
+            if removal && let Some(at) = unpublished.iter().position(|n| *n == name) {
+                // Its waiters see its last state before they see it gone.
+                self.hub.publish(&unpublished.swap_remove(at));
+            }
+            let outcome = apply(&self.hub, input, Publish::Later);
+            if reply.is_none() {
+                log_unawaited(&name, &outcome);
+            }
             self.applied.push(Applied {
                 seq,
                 events_before,
                 events_after: self.hub.last_event_id(),
                 accepted: accepted(&outcome),
             });
-            if let Input::Remove { name, .. } = input {
+            if removal {
                 self.removed.push((name, seq));
+            } else if unpublished.last() != Some(&name) && !unpublished.contains(&name) {
+                unpublished.push(name);
             }
-            let _ = reply.send(Ok(outcome));
+            done.push((fds, reply, outcome));
+        }
+        for name in &unpublished {
+            self.hub.publish(name);
+        }
+        // Stored and published: the fds go (releasing a barrier), submitters hear back.
+        for (fds, reply, outcome) in done {
+            drop(fds);
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        batch.rooms.clear();
+        for wake in batch.wakes.drain(..) {
+            wake.notify_one();
         }
     }
 
@@ -1136,6 +1421,18 @@ impl WriterThread {
             Ok(guests) => info!(guests, "journal pruned"),
             Err(error) => warn!(%error, "cannot prune the journal"),
         }
+    }
+}
+
+/// Logs what applying an input nobody waits for gave, if it is worth a line.
+fn log_unawaited(guest: &str, outcome: &Outcome) {
+    match outcome {
+        Outcome::Ingested(Err(IngestError::Rejected(error))) => {
+            debug!(guest, %error, "datagram rejected");
+        }
+        Outcome::Ingested(Err(error)) => debug!(guest, %error, "datagram not applied"),
+        Outcome::Updated(Err(error)) => debug!(guest, %error, "drop not applied"),
+        _ => {}
     }
 }
 
@@ -1345,6 +1642,14 @@ mod tests {
         events
     }
 
+    /// The text column of every row `sql` selects from the journal in `dir`.
+    fn texts(dir: &Path, sql: &str) -> Vec<String> {
+        let connection = Connection::open(dir.join(DATABASE)).unwrap();
+        let mut statement = connection.prepare(sql).unwrap();
+        let rows = statement.query_map([], |row| row.get(0)).unwrap();
+        rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
     async fn open(dir: &Path, retention: Retention) -> (Hub, Journal) {
         let hub = Hub::new();
         let (journal, _) = Journal::open(dir, retention, &hub).unwrap();
@@ -1537,16 +1842,8 @@ mod tests {
         let last_id = hub.last_event_id();
         journal.close().await;
 
-        let connection = Connection::open(dir.path().join(DATABASE)).unwrap();
-        let rows: Vec<String> = connection
-            .prepare("SELECT kind FROM inputs WHERE guest = 'web1'")
-            .unwrap()
-            .query_map([], |row| row.get(0))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let rows = texts(dir.path(), "SELECT kind FROM inputs WHERE guest = 'web1'");
         assert_eq!(rows, ["remove"]);
-        drop(connection);
 
         let (again, journal) = open(dir.path(), keep_all()).await;
         assert_eq!(view(&again), before);
@@ -1559,6 +1856,75 @@ mod tests {
             .unwrap();
         assert_eq!(detail.snapshot().messages, 0);
         assert_eq!(again.last_event_id(), last_id + 1);
+        journal.close().await;
+    }
+
+    /// A receive batch is applied in order without waiting for its commit; a run of
+    /// rate-limited drops is one row, and a restart counts them all again (the state is a fold
+    /// of the rows).
+    #[tokio::test]
+    async fn a_batch_is_stored_in_order_and_drops_are_one_row_per_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, journal) = open(dir.path(), keep_all()).await;
+        hub.accept_registration("web1", "/run/x/web1", Reach::Unix, at(0))
+            .await
+            .unwrap()
+            .unwrap();
+        let wake = Arc::new(Notify::new());
+        let datagram = |ms, bytes: &[u8]| Arrival::Datagram {
+            at: at(ms),
+            sender: unix(7),
+            bytes: bytes.to_vec(),
+            fds: Vec::new(),
+        };
+        let limited = |ms, count| Arrival::Dropped {
+            at: at(ms),
+            reason: DropReason::RateLimited,
+            count,
+        };
+        let batch = vec![
+            datagram(1, b"STATUS=one"),
+            limited(2, 3),
+            datagram(3, b"STATUS=two"),
+        ];
+        hub.accept_batch("web1", batch, &wake).await.unwrap();
+        // Two submissions in a row: the writer may join their drops into one row.
+        hub.accept_batch("web1", vec![limited(4, 2)], &wake)
+            .await
+            .unwrap();
+        hub.accept_batch("web1", vec![limited(5, 1)], &wake)
+            .await
+            .unwrap();
+        // Applied once the writer notifies.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while hub.guest("web1").unwrap().snapshot().drops.rate_limited < 6 {
+                wake.notified().await;
+            }
+        })
+        .await
+        .expect("the batches were applied");
+        let before = view(&hub);
+        assert_eq!(before["guests"][0]["guest"]["status"], "two");
+        assert_eq!(before["guests"][0]["guest"]["messages"], 2);
+        journal.close().await;
+
+        let drops = texts(
+            dir.path(),
+            "SELECT data FROM inputs WHERE kind = 'drop' ORDER BY seq",
+        );
+        let total: u64 = drops
+            .iter()
+            .map(|data| match serde_json::from_str(data).unwrap() {
+                StoredDrop::One(_) => 1,
+                StoredDrop::Many { count, .. } => count,
+            })
+            .sum();
+        assert_eq!(total, 6, "{drops:?}");
+        assert!((2..=3).contains(&drops.len()), "{drops:?}");
+        assert_eq!(drops[0], r#"{"reason":"rate_limited","count":3}"#);
+
+        let (again, journal) = open(dir.path(), keep_all()).await;
+        assert_eq!(view(&again), before);
         journal.close().await;
     }
 

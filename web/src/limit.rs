@@ -5,14 +5,13 @@
 //! takes one token from the guest's bucket ([`GuestLimiter`]: governor's GCRA, which is a token
 //! bucket of `burst` tokens refilled at `per_second`, on the monotonic clock). Without a token
 //! the message is dropped whole before the store sees it, its fds are closed at once, and the
-//! receive path counts it in the guest's `drops.rate_limited` (`DropReason::RateLimited`); a
-//! warning says so when the guest starts being limited and then at most once per
-//! [`LOG_INTERVAL`], never once per message. The check sits in the receive paths, not in the
-//! store: a dropped message is neither parsed, kept nor published. Unlike other drops it is
-//! counted in memory only, not journaled: a row per flooded datagram would keep the journal
-//! busy and hold every other guest's messages behind its commits (measured: a quiet guest's
-//! p99 datagram→SSE latency went from under 1 ms to 9–12 ms beside a flood). So
-//! `drops.rate_limited` restarts from 0 with the hub.
+//! receive path counts it in the guest's `drops.rate_limited` (`DropReason::RateLimited`),
+//! stored like every drop but a run of them as one input (a row per flooded datagram kept the
+//! journal busy and held every other guest's messages behind its commits: a quiet guest's p99
+//! datagram→SSE latency went from under 1 ms to 9–12 ms beside a flood). A warning says so when
+//! the guest starts being limited and then at most once per [`LOG_INTERVAL`], never once per
+//! message. The check sits in the receive paths, not in the store: a dropped message is neither
+//! parsed, kept nor published.
 //!
 //! **Files.** Each guest holds one socket (two for a hybrid vsock guest), each HTTP client one
 //! more: [`raise_nofile_limit`] lifts the soft `RLIMIT_NOFILE` to the hard limit at start, and a
@@ -124,6 +123,22 @@ pub struct LimitArgs {
     /// Each guest may send N messages at once, above its --rate-limit.
     #[arg(long, value_name = "N", default_value_t = NonZeroU32::new(DEFAULT_BURST).expect("> 0"))]
     pub rate_burst: NonZeroU32,
+    /// Keep at most SIZE of accepted messages in memory, all guests together (bytes, or with a
+    /// unit: 64MiB, 1GiB, 500MB): past it the oldest kept messages of any guest are forgotten
+    /// first. A guest's state is never affected; the journal keeps its own history.
+    #[arg(long, value_name = "SIZE", default_value = "128MiB", value_parser = parse_memory)]
+    pub history_memory: usize,
+}
+
+/// Parses `--history-memory`: a number of bytes with an optional unit, as `parse-size` reads
+/// it (`KiB`, `MiB`, `GiB` are powers of 1024; `KB`, `MB`, `GB` and `K`, `M`, `G` powers of 1000).
+///
+/// # Errors
+/// A sentence for clap to show.
+pub fn parse_memory(text: &str) -> Result<usize, String> {
+    let bytes = parse_size::parse_size(text)
+        .map_err(|error| format!("expected a size such as 64MiB, not {text:?}: {error}"))?;
+    usize::try_from(bytes).map_err(|_| format!("{text:?} is more than this machine addresses"))
 }
 
 impl LimitArgs {
@@ -271,6 +286,17 @@ mod tests {
     }
 
     #[test]
+    fn history_memory_takes_bytes_and_units() {
+        assert_eq!(parse_memory("0"), Ok(0));
+        assert_eq!(parse_memory("4096"), Ok(4096));
+        assert_eq!(parse_memory("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_memory("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_memory("500MB"), Ok(500_000_000));
+        assert!(parse_memory("lots").unwrap_err().contains("\"lots\""));
+        assert!(parse_memory("-1MiB").is_err());
+    }
+
+    #[test]
     fn a_full_bucket_passes_its_burst_then_refuses() {
         // One token an hour: nothing refills while the test runs.
         let limiter = GuestLimiter::new(limit(1.0 / 3600.0, 3));
@@ -280,13 +306,86 @@ mod tests {
 
     #[test]
     fn a_bucket_refills_at_its_rate() {
-        // A token every 10 ms, one at most.
+        // A token every 10 ms; the bucket holds one.
         let limiter = GuestLimiter::new(limit(100.0, 1));
         assert!(limiter.admit("a"));
-        assert!(!limiter.admit("a"));
         std::thread::sleep(Duration::from_millis(30));
         assert!(limiter.admit("a"), "a token came back after 10 ms");
-        assert!(!limiter.admit("a"), "only one: the bucket holds one");
+    }
+
+    /// The kernel vsock router and a guest's own socket draw on one bucket per guest.
+    #[tokio::test]
+    async fn a_guests_socket_and_its_cid_share_one_bucket() {
+        use notifyhub_core::{DropReason, Sender};
+        use notifyhub_transport_vsock::End;
+        use tokio_util::sync::CancellationToken;
+
+        use crate::registry::Registry;
+        use crate::store::Hub;
+        use crate::vsock::{self, Event, KernelPorts, Reach, Received, Routed, VsockSettings};
+
+        let dir = tempfile::tempdir().unwrap();
+        let settings = VsockSettings {
+            ports: KernelPorts {
+                stream: Some(9999),
+                seqpacket: None,
+            },
+            ..VsockSettings::default()
+        };
+        let shutdown = CancellationToken::new();
+        let hub = Hub::new();
+        let registry =
+            Registry::with_vsock(hub.clone(), dir.path().join("guests"), &shutdown, settings);
+        registry.set_rate_limit(Some(limit(1.0 / 3600.0, 2)));
+        let vm = registry
+            .register_with("vm1", Reach::cid(5).unwrap())
+            .await
+            .unwrap();
+        let message = |text: &str| Event {
+            sender: Sender::Vsock {
+                cid: 5,
+                port: Some(1023),
+            },
+            received: Received::Message {
+                payload: text.as_bytes().to_vec(),
+                end: End::Eof,
+            },
+        };
+        // One token over vsock, one over the unix socket, then none for either.
+        assert!(matches!(
+            vsock::route(&registry, message("STATUS=vsock")).await,
+            Routed::Accepted { .. }
+        ));
+        let socket = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        let path = &*vm.summary.notify_socket;
+        let mut snapshots = hub.watch("vm1").unwrap();
+        let mut until = async |what: &str, done: &dyn Fn(&notifyhub_core::Snapshot) -> bool| {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    if done(&snapshot) {
+                        return snapshot;
+                    }
+                    snapshots.changed().await.unwrap();
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{what} within 10 s"))
+        };
+        socket.send_to(b"STATUS=unix", path).unwrap();
+        until("the unix message", &|s| s.messages == 2).await;
+        socket.send_to(b"STATUS=unix over", path).unwrap();
+        assert_eq!(
+            vsock::route(&registry, message("STATUS=vsock over")).await,
+            Routed::Dropped {
+                guest: "vm1".into(),
+                reason: DropReason::RateLimited
+            }
+        );
+        let snapshot = until("two rate-limited drops", &|s| s.drops.rate_limited == 2).await;
+        assert_eq!(snapshot.messages, 2);
+        assert_eq!(snapshot.status.as_deref(), Some("unix"));
+        registry.close().await;
     }
 
     #[test]

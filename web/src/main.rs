@@ -168,6 +168,7 @@ async fn serve(
         guests: args.guests,
         ready_timeout: args.ready_timeout.map(std::time::Duration::from_secs),
         rate_limit: args.limits.rate_limit(),
+        history_memory: args.limits.history_memory,
         journal: args.journal.into_config(
             |name| std::env::var_os(name),
             rustix::process::geteuid().is_root(),

@@ -10,6 +10,8 @@
 //! | `notifyhub_sse_clients` | gauge | |
 //! | `notifyhub_wait_requests` | gauge | |
 //! | `notifyhub_store_write_seconds` | histogram | |
+//! | `notifyhub_history_evictions_total` | counter | |
+//! | `notifyhub_history_bytes` | gauge | |
 //!
 //! No label names a guest: a hub with 10 000 guests would export 10 000 series per metric, and
 //! the per-guest numbers are in the REST API (`messages`, `drops`). Every label has a closed set
@@ -70,6 +72,8 @@ pub struct Metrics {
     sse_clients: Gauge,
     wait_requests: Gauge,
     store_write: Histogram,
+    history_evictions: Counter,
+    history_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -89,6 +93,8 @@ impl Metrics {
             sse_clients: Gauge::default(),
             wait_requests: Gauge::default(),
             store_write: Histogram::new(store_write_buckets()),
+            history_evictions: Counter::default(),
+            history_bytes: Gauge::default(),
         };
         // Every series exists from the start, at 0: a rate() over a counter that appears only
         // on its first event misses that event.
@@ -142,6 +148,17 @@ impl Metrics {
         self.store_write.observe(elapsed.as_secs_f64());
     }
 
+    /// Counts `count` kept messages forgotten for the hub-wide memory budget
+    /// ([`Limits::history_memory`](crate::store::Limits::history_memory)).
+    pub fn count_history_evictions(&self, count: u64) {
+        self.history_evictions.inc_by(count);
+    }
+
+    /// Kept messages forgotten for the memory budget so far (`notifyhub_history_evictions_total`).
+    pub fn history_evictions(&self) -> u64 {
+        self.history_evictions.get()
+    }
+
     /// Counts an SSE client until the returned guard is dropped.
     pub fn sse_client(&self) -> Tracked {
         Tracked::new(&self.sse_clients)
@@ -169,6 +186,9 @@ impl Metrics {
                 .set(count);
         }
         metrics.registered_guests.set(registered);
+        metrics
+            .history_bytes
+            .set(i64::try_from(state.hub.history_memory()).unwrap_or(i64::MAX));
 
         let mut registry = Registry::with_prefix("notifyhub");
         registry.register(
@@ -222,6 +242,16 @@ impl Metrics {
             "store_write_seconds",
             "Time to commit one write to the durable store, in seconds",
             metrics.store_write.clone(),
+        );
+        registry.register(
+            "history_evictions",
+            "Kept messages forgotten, oldest first, to stay within --history-memory",
+            metrics.history_evictions.clone(),
+        );
+        registry.register(
+            "history_bytes",
+            "Bytes of kept messages hub-wide (overhead plus datagram), at most --history-memory",
+            metrics.history_bytes.clone(),
         );
         let mut text = String::new();
         prometheus_text::encode(&mut text, &registry).expect("writing to a String cannot fail");

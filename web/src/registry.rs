@@ -27,12 +27,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, trace, warn};
 
 use crate::clock;
+use crate::journal::Arrival;
 use crate::limit::{GuestLimiter, RateLimit, nofile_limit};
 use crate::store::{GuestDetail, Hub, IngestError};
 use crate::vsock::{self, KernelPorts, Reach, Routed, VsockError, VsockSettings, VsockStats};
 
 /// How long a receive loop pauses after a transient error (`ENOBUFS`, `ENOMEM`).
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Datagrams a receive loop takes off its socket per wake-up at most, and hands on as one batch.
+const RECV_BATCH: usize = 256;
 
 /// Events a hybrid vsock listener may queue for its guest's receive loop before it waits
 /// (each holds a connection slot, so the listener's limits bound the rest).
@@ -643,6 +647,7 @@ async fn receive(
 ) {
     let limiter = limiter.as_deref();
     let mut deadline = None;
+    let mut received = Vec::with_capacity(RECV_BATCH);
     loop {
         tokio::select! {
             biased;
@@ -652,13 +657,23 @@ async fn receive(
                     return;
                 }
             }
-            received = socket.recv() => match take(&hub, &name, received, limiter).await {
-                Next::Receive => {}
-                Next::Pause => tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(RETRY_PAUSE) => {}
-                },
-                Next::Stop => return,
+            taken = socket.recv_batch(&mut received, RECV_BATCH) => match taken {
+                Ok(()) => {
+                    if let Next::Stop = take(&hub, &name, &mut received, limiter, &vsock.wake).await {
+                        return;
+                    }
+                }
+                Err(error) if is_transient(&error) => {
+                    warn!(%error, "receive failed, retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(RETRY_PAUSE) => {}
+                    }
+                }
+                Err(error) => {
+                    error!(%error, "receive failed; no more messages from this guest");
+                    return;
+                }
             },
             event = next_event(&mut vsock.hybrid) => match event {
                 Some(event) => {
@@ -667,7 +682,7 @@ async fn receive(
                     } else {
                         // Its connection is closed already: nothing to release.
                         drop(event);
-                        vsock::rate_limited(&hub, &name)
+                        vsock::rate_limited(&hub, &name, &vsock.wake).await
                     };
                     // `Gone` also stands for a message the journal could not store; the
                     // guest is still there then.
@@ -693,70 +708,69 @@ async fn receive(
     }
 }
 
-/// What the receive loop does after an input.
+/// What the receive loop does after a batch.
 enum Next {
     Receive,
-    /// Receive again after [`RETRY_PAUSE`].
-    Pause,
     Stop,
 }
 
-/// Hands one [`NotifySocket::recv`] result to the hub. Every datagram, whole or dropped by the
-/// transport, takes a token from `limiter` first; without one it is dropped (its fds closed)
-/// and counted as rate-limited.
+/// Hands a batch of [`NotifySocket::recv_batch`] results to the hub (and its journal) as one,
+/// emptying `received`, without waiting for the journal's commit: the journal closes each
+/// datagram's fds once that datagram, and every one before it, is stored and published (which
+/// releases a `BARRIER=1` sender, `systemd-notify` waits for it), then notifies `wake`.
+///
+/// Every datagram, whole or dropped by the transport, takes a token from `limiter` first;
+/// without one it is dropped (its fds closed at once) and counted as rate-limited, a run of
+/// them as one input.
 async fn take(
     hub: &Hub,
     name: &str,
-    received: io::Result<Received>,
+    received: &mut Vec<Received>,
     limiter: Option<&GuestLimiter>,
+    wake: &Arc<Notify>,
 ) -> Next {
-    if received.is_ok() && limiter.is_some_and(|limiter| !limiter.admit(name)) {
-        // Closes its fds at once.
-        drop(received);
-        return match vsock::rate_limited(hub, name) {
-            Routed::Gone { .. } => Next::Stop,
-            _ => Next::Receive,
-        };
+    let now = clock::now();
+    let mut batch = Vec::with_capacity(received.len());
+    let dropped = |batch: &mut Vec<Arrival>, why: DropReason| match batch.last_mut() {
+        Some(Arrival::Dropped { reason, count, .. }) if *reason == why => *count += 1,
+        _ => batch.push(Arrival::Dropped {
+            at: now,
+            reason: why,
+            count: 1,
+        }),
+    };
+    for item in received.drain(..) {
+        if limiter.is_some_and(|limiter| !limiter.admit(name)) {
+            // Closes its fds at once.
+            drop(item);
+            dropped(&mut batch, DropReason::RateLimited);
+            continue;
+        }
+        match item {
+            Received::Datagram(datagram) => batch.push(Arrival::Datagram {
+                at: now,
+                sender: datagram.sender(),
+                bytes: datagram.payload,
+                fds: datagram.fds,
+            }),
+            Received::Dropped { reason, len, .. } => {
+                debug!(?reason, len, "datagram dropped by the transport");
+                dropped(&mut batch, DropReason::from(reason));
+            }
+        }
     }
-    match received {
-        Ok(Received::Datagram(datagram)) => {
-            let sender = datagram.sender();
-            // The fds are closed only once the datagram, and every one before it, is in the
-            // journal and the store: this releases a `BARRIER=1` sender (`systemd-notify` waits
-            // for it).
-            let ingested = hub
-                .accept_datagram(name, clock::now(), sender, datagram.payload, datagram.fds)
-                .await;
-            match ingested {
-                Ok(seq) => trace!(seq, "message"),
-                Err(IngestError::Rejected(error)) => debug!(%error, "datagram rejected"),
-                Err(IngestError::NotStored(error)) => warn!(%error, "datagram refused"),
-                Err(error) => {
-                    warn!(%error, "guest vanished under its receive loop");
-                    return Next::Stop;
-                }
-            }
-        }
-        Ok(Received::Dropped { reason, len, .. }) => {
-            debug!(?reason, len, "datagram dropped by the transport");
-            if hub
-                .accept_drop(name, DropReason::from(reason))
-                .await
-                .is_err()
-            {
-                return Next::Stop;
-            }
-        }
-        Err(error) if is_transient(&error) => {
-            warn!(%error, "receive failed, retrying");
-            return Next::Pause;
+    trace!(inputs = batch.len(), "batch");
+    match hub.accept_batch(name, batch, wake).await {
+        Ok(()) => Next::Receive,
+        Err(IngestError::NotStored(error)) => {
+            warn!(%error, "datagrams refused");
+            Next::Receive
         }
         Err(error) => {
-            error!(%error, "receive failed; no more messages from this guest");
-            return Next::Stop;
+            warn!(%error, "guest vanished under its receive loop");
+            Next::Stop
         }
     }
-    Next::Receive
 }
 
 /// The next event of a hybrid vsock listener; never, without one. `None` once it stopped.

@@ -52,6 +52,9 @@ pub struct Config {
     pub rate_limit: Option<crate::limit::RateLimit>,
     /// The journal (`--state-dir`); `None`: the state lives in memory only.
     pub journal: Option<JournalConfig>,
+    /// Bytes of kept messages hub-wide (`--history-memory`); see
+    /// [`Limits::history_memory`](crate::store::Limits::history_memory).
+    pub history_memory: usize,
 }
 
 /// No run directory was given and none could be derived.
@@ -180,7 +183,10 @@ impl Server {
                 config.run_dir.display()
             )
         })?;
-        let hub = Hub::new();
+        let hub = Hub::with_limits(crate::store::Limits {
+            history_memory: config.history_memory,
+            ..crate::store::Limits::default()
+        });
         hub.set_ready_timeout(config.ready_timeout);
         let journal = match &config.journal {
             Some(journal) => Some(open_journal(journal.clone(), &hub).await?),

@@ -2,12 +2,22 @@
 //!
 //! Data flows one way: a transport hands each datagram to [`Hub::ingest`] (and each due
 //! deadline to [`Hub::handle_timeout`]), which feeds it to the guest's [`Guest`] state machine,
-//! drains the guest's events into the event log and publishes the new [`Snapshot`]. The web handlers only read: views ([`Hub::guest`], [`Hub::guests`],
+//! drains the guest's events into the event log and publishes the new [`Snapshot`] to its
+//! waiters. A batch of inputs (a receive loop's drained socket, a journal commit) publishes each
+//! guest once, after the batch; each event still carries the state right after its input, and a
+//! snapshot is made only for inputs that caused events and for the publish. The web handlers
+//! only read: views ([`Hub::guest`], [`Hub::guests`],
 //! [`Hub::history`]), long-polls ([`Hub::wait`]) and event feeds ([`Hub::subscribe`]).
 //!
 //! The transports call the `accept_*` forms ([`Hub::accept_datagram`] and its siblings, in
 //! [`crate::journal`]): with a journal attached they store each input before applying it; without
 //! one they are the methods above.
+//!
+//! Kept messages ([`Hub::history`]) are bounded twice: each guest keeps its newest
+//! [`Limits::history`], and all guests together at most [`Limits::history_memory`] bytes, past
+//! which the oldest kept messages of any guest are forgotten first (a hub-wide queue in
+//! acceptance order). Forgetting a message never changes a guest's state, the fold of all of
+//! them.
 //!
 //! All state sits behind one `std::sync::Mutex`. Every method that takes it is synchronous and
 //! short, so the lock is never held across an `.await`; waiting happens on the `watch` and
@@ -34,6 +44,9 @@ use crate::vsock::Reach;
 pub struct Limits {
     /// Accepted messages kept per guest; older ones are forgotten (and counted).
     pub history: usize,
+    /// Bytes of kept messages hub-wide, each costing [`Record::cost`]: past it the oldest kept
+    /// messages of any guest are forgotten first (`notifyhub serve --history-memory`).
+    pub history_memory: usize,
     /// Hub events kept for `Last-Event-ID` resumes.
     pub event_log: usize,
     /// Hub events a live subscriber may fall behind before it lags and gets a [`Resync`]. One
@@ -46,11 +59,24 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             history: 4096,
+            history_memory: DEFAULT_HISTORY_MEMORY,
             event_log: 8192,
             live: 8192,
         }
     }
 }
+
+/// Default [`Limits::history_memory`]: 128 MiB. At about 200 bytes a message
+/// ([`RECORD_OVERHEAD`] plus a typical datagram) that keeps some 650 000 messages: a boot's worth
+/// (tens of messages) for each of 10 000 guests, hundreds each for 1 000. The journal keeps
+/// more (`--retain-messages`); this bounds what the hub holds in memory.
+pub const DEFAULT_HISTORY_MEMORY: usize = 128 << 20;
+
+/// What one kept message costs beyond its datagram's bytes, in bytes: the [`Record`] in its
+/// `Arc`, its slot in the guest's history and its slot in the hub-wide eviction order.
+/// Allocator rounding is not counted.
+pub const RECORD_OVERHEAD: usize =
+    size_of::<Record>() + 2 * size_of::<usize>() + size_of::<Arc<Record>>() + size_of::<KeptRef>();
 
 /// The state store. Cheap to clone: all clones share one store.
 #[derive(Clone, Debug)]
@@ -73,6 +99,33 @@ struct State {
     log: EventLog,
     /// [`Hub::set_ready_timeout`]: given to every guest registered after it was set.
     ready_timeout: Option<Duration>,
+    /// Every guest's kept messages, for [`Limits::history_memory`].
+    kept: Kept,
+    /// The [`Entry::generation`] of the next guest registered or restored.
+    next_generation: u64,
+}
+
+/// The hub-wide account of kept messages: their cost, and the order to forget them in.
+#[derive(Debug, Default)]
+struct Kept {
+    /// The sum of [`Record::cost`] over every guest's history.
+    bytes: usize,
+    /// Messages kept by every guest.
+    records: usize,
+    /// Kept messages in the order they were accepted (restored ones: when restored), oldest
+    /// first. Entries whose message is gone already (forgotten by [`Limits::history`], or its
+    /// guest removed) are skipped when they come up, and compacted away once they outnumber
+    /// the kept ones.
+    order: VecDeque<KeptRef>,
+}
+
+/// One kept message in [`Kept::order`]: guest `name`'s message `seq`, as long as `name` is
+/// still the guest of that `generation`.
+#[derive(Debug)]
+struct KeptRef {
+    name: Arc<str>,
+    generation: u64,
+    seq: u64,
 }
 
 #[derive(Debug)]
@@ -80,12 +133,21 @@ struct Entry {
     guest: Guest,
     notify_socket: Arc<str>,
     reach: Arc<Reach>,
+    /// The guest's name, shared with its [`KeptRef`]s.
+    name: Arc<str>,
+    /// Tells this registration from an earlier one of the same name.
+    generation: u64,
     /// Accepted messages, oldest first; `history.back().seq == accepted`.
     history: VecDeque<Arc<Record>>,
+    /// Messages forgotten for [`Limits::history_memory`] (not [`Limits::history`]).
+    evicted: u64,
     /// Messages accepted so far, which is also the `seq` of the last one.
     accepted: u64,
     /// Dropping it (with the entry) tells every waiter the guest is gone.
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// The state after the last input, when that input caused events (which carry it) and
+    /// nothing was published since: [`Entry::publish`] sends it instead of making another.
+    fresh: Option<Arc<Snapshot>>,
 }
 
 /// The hub-wide log of [`HubEvent`]s: ids, a ring for resumes, and the live channel.
@@ -155,6 +217,14 @@ pub struct Record {
     pub bytes: Box<[u8]>,
 }
 
+impl Record {
+    /// What keeping it costs against [`Limits::history_memory`], in bytes: [`RECORD_OVERHEAD`]
+    /// plus the datagram's length.
+    pub fn cost(&self) -> usize {
+        RECORD_OVERHEAD + self.bytes.len()
+    }
+}
+
 /// A guest's recent messages.
 #[derive(Clone, Debug)]
 pub struct History {
@@ -162,6 +232,9 @@ pub struct History {
     pub records: Vec<Arc<Record>>,
     /// How many older messages were accepted but are no longer kept.
     pub forgotten: u64,
+    /// How many of the `forgotten` went for the hub-wide [`Limits::history_memory`] rather
+    /// than the guest's own [`Limits::history`].
+    pub evicted: u64,
 }
 
 /// What a [`HubEvent`] reports about its guest.
@@ -318,6 +391,15 @@ pub enum WaitEnd {
     Cancelled,
 }
 
+/// When an input's new state goes to the guest's waiters ([`Hub::watch`], [`Hub::wait`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Publish {
+    /// Right after the input.
+    Now,
+    /// With [`Hub::publish`], once the batch the input is part of was applied.
+    Later,
+}
+
 /// No guest has that name.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("no guest named {0:?}")]
@@ -373,6 +455,8 @@ impl Hub {
                     guests: BTreeMap::new(),
                     log,
                     ready_timeout: None,
+                    kept: Kept::default(),
+                    next_generation: 0,
                 }),
                 limits,
                 metrics: Metrics::new(),
@@ -406,6 +490,7 @@ impl Hub {
 
     /// Puts guest `name` back as a journal checkpoint kept it: its state machine, how many
     /// messages it had accepted, and its newest kept messages (oldest first). Logs no event.
+    /// The messages count against [`Limits::history_memory`] as if accepted now.
     pub(crate) fn restore(
         &self,
         name: &str,
@@ -418,15 +503,37 @@ impl Hub {
         let limit = self.inner.limits.history;
         let (snapshot, _) = watch::channel(Arc::new(guest.snapshot()));
         let skip = history.len().saturating_sub(limit);
+        let mut state = self.lock();
+        let State {
+            guests,
+            kept,
+            next_generation,
+            ..
+        } = &mut *state;
         let entry = Entry {
             guest,
             notify_socket: notify_socket.into(),
             reach: Arc::new(reach),
+            name: name.into(),
+            generation: *next_generation,
             history: history.into_iter().skip(skip).map(Arc::new).collect(),
+            evicted: 0,
             accepted,
             snapshot,
+            fresh: None,
         };
-        self.lock().guests.insert(name.to_owned(), entry);
+        *next_generation += 1;
+        for record in &entry.history {
+            kept.push(&entry.name, entry.generation, record);
+        }
+        if let Some(earlier) = guests.insert(name.to_owned(), entry) {
+            kept.forget_all(&earlier.history);
+        }
+        kept.evict(
+            self.inner.limits.history_memory,
+            guests,
+            &self.inner.metrics,
+        );
     }
 
     /// Guest `name`'s state for a journal checkpoint: its state machine, accepted messages,
@@ -502,10 +609,14 @@ impl Hub {
             guests,
             log,
             ready_timeout,
+            next_generation,
+            ..
         } = &mut *state;
         let btree_map::Entry::Vacant(slot) = guests.entry(name.to_owned()) else {
             return Err(AlreadyRegistered(name.to_owned()));
         };
+        let generation = *next_generation;
+        *next_generation += 1;
         let mut guest = Guest::new(name, now);
         guest.set_ready_timeout(
             ready_timeout.map(|timeout| u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX)),
@@ -515,9 +626,13 @@ impl Hub {
             guest,
             notify_socket: notify_socket.into(),
             reach: Arc::new(reach),
+            name: name.into(),
+            generation,
             history: VecDeque::new(),
+            evicted: 0,
             accepted: 0,
             snapshot,
+            fresh: None,
         });
         log.emit(name, Change::Registered, entry.summary());
         Ok(entry.detail())
@@ -541,6 +656,9 @@ impl Hub {
     pub fn remove(&self, name: &str) -> Option<GuestSummary> {
         let mut state = self.lock();
         let entry = state.guests.remove(name)?;
+        let State { guests, kept, .. } = &mut *state;
+        kept.forget_all(&entry.history);
+        kept.compact(guests);
         let summary = entry.summary();
         state.log.emit(name, Change::Removed, summary.clone());
         Some(summary)
@@ -564,34 +682,96 @@ impl Hub {
         datagram: &[u8],
         fds: usize,
     ) -> Result<u64, IngestError> {
+        self.ingest_with(name, now, sender, datagram, fds, Publish::Now)
+    }
+
+    /// [`Hub::ingest`], publishing the new state to the guest's waiters now or, for one of a
+    /// batch of inputs, with [`Hub::publish`] after the batch. The events it causes are logged
+    /// now either way, each with the state after this datagram. `datagram` is kept as is
+    /// (an exact `Vec` becomes the record's bytes without a copy).
+    pub(crate) fn ingest_with<B>(
+        &self,
+        name: &str,
+        now: Timestamp,
+        sender: Sender,
+        datagram: B,
+        fds: usize,
+        publish: Publish,
+    ) -> Result<u64, IngestError>
+    where
+        B: AsRef<[u8]> + Into<Box<[u8]>>,
+    {
         let history_limit = self.inner.limits.history;
         let mut state = self.lock();
-        let State { guests, log, .. } = &mut *state;
+        let State {
+            guests, log, kept, ..
+        } = &mut *state;
         let entry = guests
             .get_mut(name)
             .ok_or_else(|| UnknownGuest(name.to_owned()))?;
         let accepted = entry
             .guest
-            .handle_datagram(now, sender, datagram)
+            .handle_datagram(now, sender, datagram.as_ref())
             .map(|()| {
                 entry.accepted += 1;
-                if entry.history.len() == history_limit {
-                    entry.history.pop_front();
+                if entry.history.len() == history_limit
+                    && let Some(oldest) = entry.history.pop_front()
+                {
+                    kept.forget(&oldest);
                 }
-                entry.history.push_back(Arc::new(Record {
+                let record = Arc::new(Record {
                     seq: entry.accepted,
                     received_at: now,
                     sender,
                     fds,
                     bytes: datagram.into(),
-                }));
+                });
+                kept.push(&entry.name, entry.generation, &record);
+                entry.history.push_back(record);
                 entry.accepted
             });
         if accepted.is_ok() {
             self.inner.metrics.count_message(&sender);
         }
-        entry.publish(name, log, &self.inner.metrics);
+        entry.log_events(name, log);
+        if publish == Publish::Now {
+            entry.publish(&self.inner.metrics);
+        }
+        if accepted.is_ok() {
+            kept.evict(
+                self.inner.limits.history_memory,
+                guests,
+                &self.inner.metrics,
+            );
+        }
         accepted.map_err(IngestError::from)
+    }
+
+    /// Sends guest `name`'s state to its waiters and counts its new drops in the metrics: after
+    /// a batch of inputs applied with [`Publish::Later`]. Nothing for an unknown guest.
+    pub(crate) fn publish(&self, name: &str) {
+        if let Some(entry) = self.lock().guests.get_mut(name) {
+            entry.publish(&self.inner.metrics);
+        }
+    }
+
+    /// Counts `count` datagrams of guest `name` dropped for `reason` (e.g. by its rate limit)
+    /// as one input, published as `publish` says.
+    ///
+    /// # Errors
+    /// [`UnknownGuest`].
+    pub(crate) fn record_drops(
+        &self,
+        name: &str,
+        reason: DropReason,
+        count: u64,
+        publish: Publish,
+    ) -> Result<(), UnknownGuest> {
+        self.update_with(name, publish, |guest| {
+            for _ in 0..count {
+                guest.record_drop(reason);
+            }
+        })
     }
 
     /// Counts a datagram for guest `name` that the transport dropped whole (e.g. longer than
@@ -612,6 +792,16 @@ impl Hub {
         self.update(name, |guest| guest.handle_timeout(now))
     }
 
+    /// [`Hub::handle_timeout`], published as `publish` says.
+    pub(crate) fn handle_timeout_with(
+        &self,
+        name: &str,
+        now: Timestamp,
+        publish: Publish,
+    ) -> Result<(), UnknownGuest> {
+        self.update_with(name, publish, |guest| guest.handle_timeout(now))
+    }
+
     /// When guest `name` next needs [`Hub::handle_timeout`]; `None` when no deadline is
     /// pending. Ask again after every input.
     ///
@@ -628,13 +818,26 @@ impl Hub {
 
     /// Applies `input` to guest `name`'s state machine, then logs and publishes the result.
     fn update(&self, name: &str, input: impl FnOnce(&mut Guest)) -> Result<(), UnknownGuest> {
+        self.update_with(name, Publish::Now, input)
+    }
+
+    /// [`Hub::update`], published as `publish` says.
+    fn update_with(
+        &self,
+        name: &str,
+        publish: Publish,
+        input: impl FnOnce(&mut Guest),
+    ) -> Result<(), UnknownGuest> {
         let mut state = self.lock();
         let State { guests, log, .. } = &mut *state;
         let entry = guests
             .get_mut(name)
             .ok_or_else(|| UnknownGuest(name.to_owned()))?;
         input(&mut entry.guest);
-        entry.publish(name, log, &self.inner.metrics);
+        entry.log_events(name, log);
+        if publish == Publish::Now {
+            entry.publish(&self.inner.metrics);
+        }
         Ok(())
     }
 
@@ -676,7 +879,14 @@ impl Hub {
         Some(History {
             records: entry.history.iter().cloned().collect(),
             forgotten: entry.accepted - entry.history.len() as u64,
+            evicted: entry.evicted,
         })
+    }
+
+    /// The bytes of kept messages hub-wide now: the sum of their [`Record::cost`], at most
+    /// [`Limits::history_memory`].
+    pub fn history_memory(&self) -> usize {
+        self.lock().kept.bytes
     }
 
     /// A receiver of guest `name`'s snapshots: it sees a change after every datagram and drop,
@@ -812,18 +1022,117 @@ impl Entry {
         }
     }
 
-    /// After an input: drains the guest's events into `log`, each with the new state, wakes the
-    /// guest's waiters, and counts its new drops in `metrics`.
-    fn publish(&mut self, name: &str, log: &mut EventLog, metrics: &Metrics) {
-        let before = self.snapshot.send_replace(Arc::new(self.guest.snapshot()));
-        let summary = self.summary();
-        metrics.count_drops(&before.drops, &summary.snapshot.drops);
-        while let Some(event) = self.guest.poll_event() {
+    /// After an input: drains the guest's events into `log`, each with the new state (made
+    /// only when there are events, and kept for [`Entry::publish`]).
+    fn log_events(&mut self, name: &str, log: &mut EventLog) {
+        self.fresh = None;
+        let Some(first) = self.guest.poll_event() else {
+            return;
+        };
+        let snapshot = Arc::new(self.guest.snapshot());
+        self.fresh = Some(snapshot.clone());
+        let summary = GuestSummary {
+            snapshot,
+            notify_socket: self.notify_socket.clone(),
+            reach: self.reach.clone(),
+        };
+        let mut next = Some(first);
+        while let Some(event) = next {
             if let Event::PhaseChanged { from, to } = &event {
                 info!(guest = name, %from, %to, "phase changed");
             }
             log.emit(name, Change::Guest(event), summary.clone());
+            next = self.guest.poll_event();
         }
+    }
+
+    /// Wakes the guest's waiters with its state now, and counts its drops since the last
+    /// publish in `metrics`.
+    fn publish(&mut self, metrics: &Metrics) {
+        let snapshot = self
+            .fresh
+            .take()
+            .unwrap_or_else(|| Arc::new(self.guest.snapshot()));
+        let drops = snapshot.drops;
+        let before = self.snapshot.send_replace(snapshot);
+        metrics.count_drops(&before.drops, &drops);
+    }
+}
+
+/// Stale [`Kept::order`] entries tolerated beyond one per kept message before a compaction.
+const COMPACT_SLACK: usize = 1024;
+
+impl Kept {
+    /// Counts `record`, just added to the back of the history of guest `name` of `generation`.
+    fn push(&mut self, name: &Arc<str>, generation: u64, record: &Record) {
+        self.bytes += record.cost();
+        self.records += 1;
+        self.order.push_back(KeptRef {
+            name: name.clone(),
+            generation,
+            seq: record.seq,
+        });
+    }
+
+    /// Uncounts `record`, taken out of its guest's history (its [`KeptRef`] goes stale).
+    fn forget(&mut self, record: &Record) {
+        self.bytes -= record.cost();
+        self.records -= 1;
+    }
+
+    /// Uncounts every record of a history that goes away whole.
+    fn forget_all(&mut self, history: &VecDeque<Arc<Record>>) {
+        for record in history {
+            self.forget(record);
+        }
+    }
+
+    /// Forgets the oldest kept messages of any guest until at most `budget` bytes are kept,
+    /// counting each in its guest's [`Entry::evicted`] and in `metrics`. A guest's state is
+    /// untouched: only its history shrinks.
+    fn evict(&mut self, budget: usize, guests: &mut BTreeMap<String, Entry>, metrics: &Metrics) {
+        let mut evicted = 0;
+        while self.bytes > budget {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            let Some(entry) = guests.get_mut(&*oldest.name) else {
+                continue;
+            };
+            // Its history's oldest, or gone already: older ones leave a history first.
+            let current = entry.generation == oldest.generation
+                && entry
+                    .history
+                    .front()
+                    .is_some_and(|front| front.seq == oldest.seq);
+            if current && let Some(record) = entry.history.pop_front() {
+                self.forget(&record);
+                entry.evicted += 1;
+                evicted += 1;
+            }
+        }
+        if evicted > 0 {
+            metrics.count_history_evictions(evicted);
+        }
+        self.compact(guests);
+    }
+
+    /// Drops the stale entries of the order once they outnumber the kept messages (plus
+    /// [`COMPACT_SLACK`]): each compaction is paid for by the pushes since the last one.
+    fn compact(&mut self, guests: &BTreeMap<String, Entry>) {
+        if self.order.len() <= 2 * self.records + COMPACT_SLACK {
+            return;
+        }
+        self.order.retain(|kept| {
+            guests.get(&*kept.name).is_some_and(|entry| {
+                entry.generation == kept.generation
+                    && entry
+                        .history
+                        .front()
+                        .is_some_and(|front| front.seq <= kept.seq)
+            })
+        });
+        debug_assert_eq!(self.order.len(), self.records, "one entry per kept message");
     }
 }
 
@@ -952,6 +1261,151 @@ mod tests {
         let seqs: Vec<u64> = history.records.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, [3, 4, 5]);
         assert_eq!(&*history.records[2].bytes, b"X_N=4");
+    }
+
+    fn hub_with_budget(names: &[&str], records: usize) -> Hub {
+        let limits = Limits {
+            history_memory: records * (RECORD_OVERHEAD + b"X_N=0".len()),
+            ..Limits::default()
+        };
+        hub_with(names, limits)
+    }
+
+    fn kept_seqs(hub: &Hub, name: &str) -> Vec<u64> {
+        let history = hub.history(name).unwrap();
+        history.records.iter().map(|record| record.seq).collect()
+    }
+
+    /// The sum of the kept records' costs, counted from the histories themselves.
+    fn kept_cost(hub: &Hub, names: &[&str]) -> usize {
+        let histories = names.iter().map(|name| hub.history(name).unwrap());
+        histories
+            .flat_map(|history| history.records)
+            .map(|record| record.cost())
+            .sum()
+    }
+
+    #[test]
+    fn history_memory_forgets_the_oldest_of_any_guest_first() {
+        let hub = hub_with_budget(&["a", "b"], 5);
+        let budget = hub.limits().history_memory;
+        for i in 1..=3 {
+            send(&hub, "a", format!("X_N={i}").as_bytes()).unwrap();
+            send(&hub, "b", format!("X_N={i}").as_bytes()).unwrap();
+        }
+        // Six equal messages, room for five: a's first went.
+        assert_eq!(kept_seqs(&hub, "a"), [2, 3]);
+        assert_eq!(kept_seqs(&hub, "b"), [1, 2, 3]);
+        assert_eq!(hub.history_memory(), budget);
+        assert_eq!(kept_cost(&hub, &["a", "b"]), budget);
+
+        // A longer one costs two of the others: the next oldest, b's 1 then a's 2, make room.
+        let long = format!("STATUS={}", "x".repeat(RECORD_OVERHEAD + 3));
+        assert_eq!(RECORD_OVERHEAD + long.len(), 2 * (RECORD_OVERHEAD + 5));
+        send(&hub, "b", long.as_bytes()).unwrap();
+        assert_eq!(kept_seqs(&hub, "a"), [3]);
+        assert_eq!(kept_seqs(&hub, "b"), [2, 3, 4]);
+        assert_eq!(hub.history_memory(), budget);
+        assert_eq!(kept_cost(&hub, &["a", "b"]), budget);
+
+        // Forgotten counts every message not kept; evicted those the budget took.
+        let (a, b) = (hub.history("a").unwrap(), hub.history("b").unwrap());
+        assert_eq!((a.forgotten, a.evicted), (2, 2));
+        assert_eq!((b.forgotten, b.evicted), (1, 1));
+        // The state is the fold of every message, kept or not.
+        let b_state = hub.guest("b").unwrap();
+        assert_eq!(b_state.snapshot().messages, 4);
+        assert_eq!(
+            b_state.snapshot().status.as_deref(),
+            Some(&long["STATUS=".len()..])
+        );
+        assert_eq!(hub.guest("a").unwrap().snapshot().messages, 3);
+        assert_eq!(hub.metrics().history_evictions(), 3);
+    }
+
+    #[test]
+    fn a_message_over_the_whole_budget_is_not_kept() {
+        let hub = hub_with_budget(&["a"], 1);
+        send(&hub, "a", b"X_N=1").unwrap();
+        assert_eq!(kept_seqs(&hub, "a"), [1]);
+        send(&hub, "a", b"X_N=10").unwrap();
+        assert_eq!(kept_seqs(&hub, "a"), [] as [u64; 0]);
+        assert_eq!(hub.history_memory(), 0);
+        let history = hub.history("a").unwrap();
+        assert_eq!((history.forgotten, history.evicted), (2, 2));
+        assert_eq!(hub.guest("a").unwrap().snapshot().messages, 2);
+    }
+
+    #[test]
+    fn the_per_guest_limit_frees_its_share_of_the_budget() {
+        let limits = Limits {
+            history: 2,
+            history_memory: 3 * (RECORD_OVERHEAD + 5),
+            ..Limits::default()
+        };
+        let hub = hub_with(&["a", "b"], limits);
+        // Far more messages than the order's compaction slack: stale entries do not pile up.
+        for i in 0..5000 {
+            send(&hub, "a", format!("X_N={}", i % 10).as_bytes()).unwrap();
+        }
+        send(&hub, "b", b"X_N=1").unwrap();
+        assert_eq!(kept_seqs(&hub, "a"), [4999, 5000]);
+        assert_eq!(kept_seqs(&hub, "b"), [1]);
+        let history = hub.history("a").unwrap();
+        assert_eq!((history.forgotten, history.evicted), (4998, 0));
+        assert_eq!(hub.history_memory(), kept_cost(&hub, &["a", "b"]));
+        let state = hub.lock();
+        assert_eq!(state.kept.records, 3);
+        assert!(state.kept.order.len() <= 2 * 3 + COMPACT_SLACK);
+    }
+
+    #[test]
+    fn removal_frees_the_budget_and_a_new_guest_of_the_name_starts_afresh() {
+        let hub = hub_with_budget(&["a", "b"], 3);
+        for i in 1..=3 {
+            send(&hub, "a", format!("X_N={i}").as_bytes()).unwrap();
+        }
+        hub.remove("a").unwrap();
+        assert_eq!(hub.history_memory(), 0);
+
+        // The removed guest's entries in the order name seqs 1 to 3 of "a": the new "a"'s
+        // message 1 is not one of them.
+        hub.register("a", "/run/a", at(2)).unwrap();
+        send(&hub, "b", b"X_N=1").unwrap();
+        send(&hub, "a", b"X_N=1").unwrap();
+        send(&hub, "b", b"X_N=2").unwrap();
+        send(&hub, "b", b"X_N=3").unwrap();
+        assert_eq!(kept_seqs(&hub, "a"), [1]);
+        assert_eq!(kept_seqs(&hub, "b"), [2, 3]);
+        assert_eq!(hub.history("a").unwrap().evicted, 0);
+        assert_eq!(hub.history_memory(), kept_cost(&hub, &["a", "b"]));
+    }
+
+    #[test]
+    fn restored_messages_count_against_the_budget() {
+        let hub = hub_with_budget(&["a"], 3);
+        send(&hub, "a", b"X_N=1").unwrap();
+        let records = (1..=3)
+            .map(|seq| Record {
+                seq,
+                received_at: at(1),
+                sender: Sender::Unknown,
+                fds: 0,
+                bytes: Box::from(&b"X_N=0"[..]),
+            })
+            .collect();
+        hub.restore(
+            "r",
+            Guest::new("r", at(0)),
+            "/run/r",
+            Reach::Unix,
+            3,
+            records,
+        );
+        // Restored as if accepted now: a's older message went.
+        assert_eq!(kept_seqs(&hub, "a"), [] as [u64; 0]);
+        assert_eq!(kept_seqs(&hub, "r"), [1, 2, 3]);
+        assert_eq!(hub.history_memory(), hub.limits().history_memory);
     }
 
     #[test]

@@ -26,6 +26,7 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -37,12 +38,13 @@ pub use notifyhub_transport_vsock::{
 };
 use serde::ser::SerializeStruct as _;
 use serde::{Deserialize, Serialize, Serializer};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, trace, warn};
 
 use crate::clock;
+use crate::journal::Arrival;
 use crate::registry::{RegisterError, Registry};
 use crate::store::{Hub, IngestError};
 
@@ -599,7 +601,7 @@ pub async fn route(registry: &Registry, event: Event) -> Routed {
         && !limiter.admit(&route.name)
     {
         drop(event);
-        return rate_limited(registry.hub(), &route.name);
+        return rate_limited(registry.hub(), &route.name, &route.wake).await;
     }
     let routed = deliver(
         registry.hub(),
@@ -613,18 +615,21 @@ pub async fn route(registry: &Registry, event: Event) -> Routed {
 }
 
 /// Counts a message over guest `name`'s rate limit ([`crate::limit`]) as its drop
-/// ([`DropReason::RateLimited`]), in memory only: unlike other drops it is not journaled, so
-/// that a flood costs no write per datagram (which would hold up every other guest's messages
-/// behind the journal's commits); the count starts again from the journal after a restart.
-pub(crate) fn rate_limited(hub: &Hub, name: &str) -> Routed {
+/// ([`DropReason::RateLimited`]), stored like every drop; `wake` is the guest's receive loop.
+pub(crate) async fn rate_limited(hub: &Hub, name: &str, wake: &Arc<Notify>) -> Routed {
     let reason = DropReason::RateLimited;
-    match hub.record_drop(name, reason) {
-        Ok(()) => Routed::Dropped {
+    let dropped = Arrival::Dropped {
+        at: clock::now(),
+        reason,
+        count: 1,
+    };
+    match hub.accept_batch(name, vec![dropped], wake).await {
+        Err(IngestError::UnknownGuest(_)) => Routed::Gone {
+            guest: name.to_owned(),
+        },
+        _ => Routed::Dropped {
             guest: name.to_owned(),
             reason,
-        },
-        Err(_) => Routed::Gone {
-            guest: name.to_owned(),
         },
     }
 }

@@ -141,7 +141,7 @@ async fn empty_unknown_and_bad_requests() {
         let (head, body, _) = get(&app, uri).await;
         assert_eq!(head.status, StatusCode::OK);
         assert_eq!(head.headers[header::CONTENT_TYPE], "application/json");
-        assert_eq!(body, r#"{"events":[],"forgotten":0}"#);
+        assert_eq!(body, r#"{"events":[],"forgotten":0,"evicted":0}"#);
     }
 
     let (app, _hub, _tmp) = self::app(&[]);

@@ -177,6 +177,7 @@ async fn hybrid_guest_is_identified_by_its_socket() {
         ready_timeout: None,
         rate_limit: None,
         journal: None,
+        history_memory: notifyhub_web::store::DEFAULT_HISTORY_MEMORY,
         vsock: VsockConfig {
             guests: vec![guest],
             ..VsockConfig::default()
@@ -652,6 +653,7 @@ async fn kernel_listeners_start_and_stop_with_the_server() {
         ready_timeout: None,
         rate_limit: None,
         journal: None,
+        history_memory: notifyhub_web::store::DEFAULT_HISTORY_MEMORY,
         vsock: VsockConfig {
             stream_port: Some(VMADDR_PORT_ANY),
             seqpacket_port: Some(VMADDR_PORT_ANY),

@@ -59,6 +59,7 @@ impl TestHub {
             ready_timeout: None,
             rate_limit: None,
             journal: None,
+            history_memory: notifyhub_web::store::DEFAULT_HISTORY_MEMORY,
             vsock: Default::default(),
         };
         let server = Server::bind(config, shutdown.clone()).await.unwrap();
