@@ -211,3 +211,70 @@ async fn series_do_not_grow_with_guests() {
     );
     hub.shutdown().await;
 }
+
+/// A restart on the same `--state-dir` replays the journal into the state, but not into the
+/// counters nor the log: counters count what this process received, gauges show the state.
+/// Also: a guest's drops are logged at warn, once for a burst, with the snake_case reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_replays_the_state_but_not_the_counters_or_the_log() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let state_dir = state.path().to_str().expect("UTF-8 temp path");
+    let args = ["--state-dir", state_dir];
+
+    let hub = Hub::start_with_args(&["web1", "web2"], &args).await;
+    systemd_notify(&hub, "web1", &["--ready", "--status=serving"]).await;
+    systemd_notify(&hub, "web2", &["X_SYSTEMD_HOSTNAME=guest-two"]).await;
+    hub.settle("web1", 1).await;
+    hub.settle("web2", 1).await;
+    for _ in 0..3 {
+        hub.send("web2", b"READY=1\0STATUS=nul");
+    }
+    hub.poll_guest("web2", "three NUL drops", SETTLE_TIMEOUT, |g| {
+        g["drops"]["embedded_nul"] == 3
+    })
+    .await;
+    scrape_until(&hub, r#"notifyhub_drops_total{reason="embedded_nul"}"#, 3.0).await;
+    let log = hub.log_text();
+    let phase_lines = log.lines().filter(|l| l.contains("phase changed")).count();
+    assert_eq!(phase_lines, 2, "live phase changes are logged:\n{log}");
+    let drop_lines: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("messages dropped"))
+        .collect();
+    // The first drop is logged; the next two, within the interval, are not.
+    assert_eq!(drop_lines.len(), 1, "{log}");
+    assert!(
+        drop_lines[0].contains("WARN")
+            && drop_lines[0].contains("web2")
+            && drop_lines[0].contains("embedded_nul"),
+        "{}",
+        drop_lines[0]
+    );
+    hub.shutdown().await;
+
+    let hub = Hub::start_with_args(&["web1", "web2"], &args).await;
+    Scrape::of(&hub).await.assert(&[
+        (r#"notifyhub_messages_total{transport="unix"}"#, 0.0),
+        (r#"notifyhub_drops_total{reason="embedded_nul"}"#, 0.0),
+        (r#"notifyhub_guests{phase="ready"}"#, 1.0),
+        (r#"notifyhub_guests{phase="booting"}"#, 1.0),
+        (r#"notifyhub_guests{phase="registered"}"#, 0.0),
+        ("notifyhub_registered_guests", 2.0),
+    ]);
+    assert!(Scrape::of(&hub).await.get("notifyhub_history_bytes") > 0.0);
+    assert_eq!(hub.guest("web2").await["drops"]["embedded_nul"], 3);
+
+    systemd_notify(&hub, "web1", &["--status=still serving"]).await;
+    hub.settle("web1", 2).await;
+    Scrape::of(&hub).await.assert(&[
+        (r#"notifyhub_messages_total{transport="unix"}"#, 1.0),
+        (r#"notifyhub_drops_total{reason="embedded_nul"}"#, 0.0),
+    ]);
+    let log = hub.log_text();
+    assert!(log.contains("journal replayed"), "{log}");
+    assert!(
+        !log.contains("phase changed") && !log.contains("messages dropped"),
+        "replayed inputs are logged as news:\n{log}"
+    );
+    hub.shutdown().await;
+}

@@ -1,7 +1,8 @@
 //! Who may reach the real `notifyhub` binary, and what it refuses: a non-loopback listener
 //! without a token, requests without the bearer token, browsers' cross-site POST and DELETE,
-//! oversize bodies and query strings; HTTP on a UNIX socket with its file mode; the guests'
-//! notify sockets with the mode and owner asked for; hostile guest text escaped in the pages.
+//! oversize bodies and query strings, each refusal with the CSP and `nosniff` headers; HTTP on a
+//! UNIX socket with its file mode; the guests' notify sockets with the mode and owner asked for;
+//! hostile guest text escaped in the pages.
 
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
@@ -12,7 +13,9 @@ use eventsource_stream::Eventsource as _;
 use futures_util::StreamExt as _;
 use notifyhub_tests::{Hub, SHUTDOWN_TIMEOUT, START_TIMEOUT, hub_binary, send_datagram};
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, WWW_AUTHENTICATE};
+use reqwest::header::{
+    CONTENT_SECURITY_POLICY, HeaderMap, WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
+};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
@@ -152,7 +155,7 @@ async fn a_non_loopback_listener_needs_a_token() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
-        stderr.contains("has mode 0644: others may read or write it"),
+        stderr.contains("has mode 0644, which gives others access to it"),
         "{stderr}"
     );
     // Both at once is a usage error.
@@ -270,6 +273,58 @@ async fn a_token_gates_the_api_the_pages_and_the_stream() {
         text(&without.stderr).contains("Authorization: Bearer"),
         "{without:?}"
     );
+    hub.shutdown().await;
+}
+
+/// Every response carries the CSP and `nosniff`, the security layers' refusals included: they
+/// are the outermost layers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_carries_the_security_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = token_file(dir.path(), TOKEN, 0o600);
+    let hub = Hub::start_with_args(&["web1"], &["--token-file", file.to_str().unwrap()]).await;
+    let client = hub.client();
+    let bearer = format!("Bearer {TOKEN}");
+    let long_query = format!("/?{}", "a".repeat(3000));
+    let requests = [
+        (client.get(hub.url("/")), StatusCode::UNAUTHORIZED),
+        (
+            client.get(hub.url("/")).header("authorization", &bearer),
+            StatusCode::OK,
+        ),
+        (
+            client
+                .get(hub.url("/nowhere"))
+                .header("authorization", &bearer),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            client
+                .post(hub.url("/api/v1/guests"))
+                .header("authorization", &bearer)
+                .header("sec-fetch-site", "cross-site")
+                .json(&json!({"name": "x1"})),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            client
+                .get(hub.url(&long_query))
+                .header("authorization", &bearer),
+            StatusCode::URI_TOO_LONG,
+        ),
+    ];
+    for (request, expected) in requests {
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status(), expected);
+        let csp = resp.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(csp.starts_with("default-src 'none';"), "{expected}: {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{expected}: {csp}");
+        assert_eq!(
+            resp.headers()[X_CONTENT_TYPE_OPTIONS],
+            "nosniff",
+            "{expected}"
+        );
+    }
     hub.shutdown().await;
 }
 

@@ -969,7 +969,11 @@ fn json<T: Serialize + ?Sized>(value: &T) -> String {
 }
 
 /// Rebuilds `hub` from the journal: checkpoints first, then every later input in order.
+///
+/// The inputs apply in [`Hub::replaying`] mode: they are neither logged as events of now nor
+/// counted in the metrics again; [`Journal::open`] logs one summary line instead.
 fn replay(connection: &mut Connection, hub: &Hub) -> anyhow::Result<Replayed> {
+    let _replaying = hub.replaying();
     let mut replayed = Replayed::default();
     let configured_timeout = hub.ready_timeout();
     let history = hub.limits().history;

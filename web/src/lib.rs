@@ -30,8 +30,11 @@ pub mod security;
 pub mod server;
 pub mod store;
 pub mod supervisor;
+pub mod text;
 pub mod viewer;
 pub mod vsock;
+
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::FromRef;
@@ -75,15 +78,34 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 
 /// The whole HTTP application: `/api/v1/…`, the pages and their static assets; bodies over
 /// [`security::MAX_BODY_LEN`] get 413, query strings over [`security::MAX_QUERY_LEN`] 414, and a
-/// browser's cross-site POST or DELETE 403 ([`security::reject_cross_site`]). The bearer token,
-/// when there is one, is [`server::Server`]'s layer ([`security::require_token`]).
+/// browser's cross-site POST or DELETE 403 ([`security::reject_cross_site`]). Without a bearer
+/// token; [`router_with_token`] is the one [`server::Server`] serves.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    router_with_token(state, None)
+}
+
+/// [`router`] behind a bearer token check ([`security::require_token`]) when `token` is
+/// `Some`. The CSP and `X-Content-Type-Options` layers are outermost, so every response carries
+/// them, the refusals of the security layers (401, 403, 414) included.
+pub fn router_with_token(state: AppState, token: Option<Arc<security::Token>>) -> Router {
+    let app = Router::new()
         .nest("/api/v1", api::router())
         .merge(pages::router())
         .merge(viewer::router())
         .route("/metrics", axum::routing::get(metrics::serve))
         .fallback(pages::not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(security::MAX_BODY_LEN))
+        .layer(axum::middleware::from_fn(security::reject_cross_site))
+        .layer(axum::middleware::from_fn(security::limit_query))
+        .with_state(state);
+    let app = match token {
+        Some(token) => app.layer(axum::middleware::from_fn_with_state(
+            token,
+            security::require_token,
+        )),
+        None => app,
+    };
+    app.layer(TraceLayer::new_for_http())
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CONTENT_SECURITY_POLICY),
@@ -92,9 +114,4 @@ pub fn router(state: AppState) -> Router {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
-        .layer(axum::extract::DefaultBodyLimit::max(security::MAX_BODY_LEN))
-        .layer(axum::middleware::from_fn(security::reject_cross_site))
-        .layer(axum::middleware::from_fn(security::limit_query))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
 }

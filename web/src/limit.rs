@@ -23,7 +23,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Default `--rate-limit`: messages per second per guest, sustained.
 pub const DEFAULT_RATE: f64 = 1000.0;
@@ -159,14 +159,39 @@ fn parse_rate_arg(text: &str) -> Result<f64, String> {
 pub struct GuestLimiter {
     limit: RateLimit,
     bucket: DefaultDirectRateLimiter,
-    log: Mutex<DropLog>,
+    log: Mutex<LogThrottle>,
 }
 
-/// When the guest's drops were last logged, and how many came since.
+/// Throttles the log lines of one guest's drops: the first drop is logged, then at most one
+/// line per [`LOG_INTERVAL`] with the count since the last line. Used for the rate limiter's
+/// drops and for the datagrams a guest's transport drops.
 #[derive(Debug, Default)]
-struct DropLog {
+pub struct LogThrottle {
+    /// When the last line was logged.
     last: Option<Instant>,
+    /// Drops since then, this one included.
     unlogged: u64,
+}
+
+impl LogThrottle {
+    /// Counts one drop at `now`; returns how many drops to report (this one and those not
+    /// logged before it) when a log line is due, `None` when not.
+    pub fn note(&mut self, now: Instant) -> Option<u64> {
+        self.note_many(now, 1)
+    }
+
+    /// [`LogThrottle::note`] for `count` drops at once (one input that dropped several).
+    pub fn note_many(&mut self, now: Instant, count: u64) -> Option<u64> {
+        self.unlogged += count;
+        let due = self
+            .last
+            .is_none_or(|last| now.duration_since(last) >= LOG_INTERVAL);
+        if !due {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 impl GuestLimiter {
@@ -175,7 +200,7 @@ impl GuestLimiter {
         Self {
             limit,
             bucket: DefaultDirectRateLimiter::direct(limit.quota()),
-            log: Mutex::new(DropLog::default()),
+            log: Mutex::new(LogThrottle::default()),
         }
     }
 
@@ -207,15 +232,7 @@ impl GuestLimiter {
     fn note_drop(&self, now: Instant) -> Option<u64> {
         // A counter and an instant: a poisoned lock still holds usable ones.
         let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        log.unlogged += 1;
-        let due = log
-            .last
-            .is_none_or(|last| now.duration_since(last) >= LOG_INTERVAL);
-        if !due {
-            return None;
-        }
-        log.last = Some(now);
-        Some(std::mem::take(&mut log.unlogged))
+        log.note(now)
     }
 }
 
@@ -255,14 +272,19 @@ pub fn raise_nofile_limit() -> std::io::Result<NofileLimit> {
     })
 }
 
-/// [`raise_nofile_limit`] at the start of `notifyhub serve`, with a log line either way.
+/// [`raise_nofile_limit`] at the start of `notifyhub serve`: logged at info when the limit
+/// changed, at debug when it was at the hard limit already, at warn when it cannot be raised.
 pub fn raise_and_log_nofile_limit() {
     let show = |limit: Option<u64>| limit.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
     match raise_nofile_limit() {
-        Ok(limit) => info!(
+        Ok(limit) if limit.was != limit.soft => info!(
             was = show(limit.was),
             now = show(limit.soft),
             "open-file limit (RLIMIT_NOFILE) raised to its hard limit"
+        ),
+        Ok(limit) => debug!(
+            limit = show(limit.soft),
+            "open-file limit (RLIMIT_NOFILE) is at its hard limit already"
         ),
         Err(error) => warn!(
             %error,
@@ -398,6 +420,15 @@ mod tests {
         }
         assert_eq!(limiter.note_drop(t0 + LOG_INTERVAL), Some(101));
         assert_eq!(limiter.note_drop(t0 + LOG_INTERVAL), None);
+    }
+
+    #[test]
+    fn a_batch_of_drops_counts_whole_in_the_next_line() {
+        let mut log = LogThrottle::default();
+        let t0 = Instant::now();
+        assert_eq!(log.note_many(t0, 3), Some(3));
+        assert_eq!(log.note_many(t0 + Duration::from_millis(1), 5), None);
+        assert_eq!(log.note(t0 + LOG_INTERVAL), Some(6));
     }
 
     #[test]

@@ -129,16 +129,10 @@ impl Metrics {
     /// Counts the drops a guest's counters gained from `before` to `after` (its
     /// [`Snapshot::drops`](notifyhub_core::Snapshot::drops) around one input), by reason.
     pub fn count_drops(&self, before: &Drops, after: &Drops) {
-        if before.total() == after.total() {
-            return;
-        }
-        let before = drop_counts(before);
-        for ((reason, after), (_, before)) in drop_counts(after).zip(before) {
-            if after > before {
-                self.drops
-                    .get_or_create(&ReasonLabel { reason })
-                    .inc_by(after - before);
-            }
+        for (reason, gained) in drops_gained(before, after) {
+            self.drops
+                .get_or_create(&ReasonLabel { reason })
+                .inc_by(gained);
         }
     }
 
@@ -259,6 +253,19 @@ impl Metrics {
     }
 }
 
+/// The reasons whose counters grew from `before` to `after`, named as in the REST API, each
+/// with how much it grew.
+pub(crate) fn drops_gained(before: &Drops, after: &Drops) -> Vec<(String, u64)> {
+    if before.total() == after.total() {
+        return Vec::new();
+    }
+    drop_counts(after)
+        .zip(drop_counts(before))
+        .filter(|((_, after), (_, before))| after > before)
+        .map(|((reason, after), (_, before))| (reason, after - before))
+        .collect()
+}
+
 /// Every reason of [`Drops`] with its count, named as in the REST API.
 fn drop_counts(drops: &Drops) -> impl Iterator<Item = (String, u64)> {
     let value = serde_json::to_value(drops).expect("counters serialise");
@@ -297,7 +304,7 @@ pub(crate) async fn serve(State(state): State<AppState>) -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
-    use notifyhub_core::{MAX_ACTIVE_UNITS, Sender, Timestamp};
+    use notifyhub_core::{DropReason, MAX_ACTIVE_UNITS, Sender, Timestamp};
     use tokio_util::sync::CancellationToken;
 
     use super::*;
@@ -310,19 +317,24 @@ mod tests {
             .unwrap_or_else(|| panic!("no {series} in\n{text}"))
     }
 
+    /// `hub` served with a registry whose sockets go below `dir`.
+    fn app_state(hub: &Hub, dir: &std::path::Path) -> AppState {
+        let shutdown = CancellationToken::new();
+        let registry = Registry::new(hub.clone(), dir.join("guests"), &shutdown);
+        AppState {
+            hub: hub.clone(),
+            registry,
+            shutdown,
+        }
+    }
+
     /// Drops the core counts by itself (not through `record_drop`) are counted too: the store
     /// takes the difference of the guest's `drops` around each input.
     #[tokio::test]
     async fn drops_counted_inside_the_core_reach_the_metrics() {
         let hub = Hub::new();
         let dir = tempfile::tempdir().unwrap();
-        let shutdown = CancellationToken::new();
-        let registry = Registry::new(hub.clone(), dir.path().join("guests"), &shutdown);
-        let state = AppState {
-            hub: hub.clone(),
-            registry,
-            shutdown,
-        };
+        let state = app_state(&hub, dir.path());
         hub.register("a", "/run/a", Timestamp::ZERO).unwrap();
         let at = Timestamp::from_micros(1);
         for i in 0..=MAX_ACTIVE_UNITS {
@@ -361,5 +373,44 @@ mod tests {
             sample(&Metrics::render(&state), "notifyhub_sse_clients"),
             "0"
         );
+    }
+
+    /// Inputs applied while the hub replays its journal change the state (and so the gauges)
+    /// but count nothing: after the replay, one live message counts 1 and its drops only its own.
+    #[tokio::test]
+    async fn a_replay_rebuilds_the_gauges_but_counts_nothing() {
+        let hub = Hub::new();
+        let dir = tempfile::tempdir().unwrap();
+        let state = app_state(&hub, dir.path());
+        let at = Timestamp::from_micros(1);
+        {
+            let _replaying = hub.replaying();
+            hub.register("a", "/run/a", Timestamp::ZERO).unwrap();
+            hub.ingest("a", at, Sender::Unknown, b"READY=1", 0).unwrap();
+            hub.ingest("a", at, Sender::Unknown, b"STATUS=\0x", 0)
+                .unwrap_err();
+            hub.record_drop("a", DropReason::Oversize).unwrap();
+        }
+        // Messages, oversize drops, embedded-NUL drops.
+        let counted = |text: &str| {
+            [
+                r#"notifyhub_messages_total{transport="unknown"}"#,
+                r#"notifyhub_drops_total{reason="oversize"}"#,
+                r#"notifyhub_drops_total{reason="embedded_nul"}"#,
+            ]
+            .map(|series| sample(text, series).to_owned())
+        };
+        let text = Metrics::render(&state);
+        assert_eq!(counted(&text), ["0", "0", "0"]);
+        assert_eq!(sample(&text, r#"notifyhub_guests{phase="ready"}"#), "1");
+        assert_eq!(sample(&text, "notifyhub_registered_guests"), "1");
+        assert_ne!(sample(&text, "notifyhub_history_bytes"), "0");
+        assert_eq!(hub.guest("a").unwrap().snapshot().drops.oversize, 1);
+
+        hub.ingest("a", at, Sender::Unknown, b"STATUS=live", 0)
+            .unwrap();
+        hub.record_drop("a", DropReason::Oversize).unwrap();
+        assert_eq!(counted(&Metrics::render(&state)), ["1", "1", "0"]);
+        assert_eq!(hub.guest("a").unwrap().snapshot().drops.oversize, 2);
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Every page works without JavaScript; `static/dashboard.js` follows `/api/v1/events` and
 //! updates the page in place. Guest-supplied text (STATUS, hostname, unit names, raw messages)
-//! only ever reaches the HTML through askama's escaping, and the script's `textContent`.
+//! only ever reaches the HTML with its control and invisible characters shown as escapes
+//! ([`crate::text`]), through askama's escaping, or through the script's `textContent`.
 
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::clock::{Offset, Seconds, Utc};
 use crate::launch::{self, Launch};
 use crate::registry::Registry;
 use crate::store::{GuestDetail, Hub, Record};
+use crate::text::{escape_line, escape_lines};
 
 /// The most messages the detail page shows; the API has all that are kept.
 const MESSAGES_SHOWN: usize = 100;
@@ -214,9 +216,13 @@ impl GuestRow {
         Self {
             name: snapshot.name.clone(),
             phase: snapshot.phase.as_str(),
-            hostname: or_dash(snapshot.hostname.as_deref()),
-            status: or_dash(snapshot.status.as_deref()),
-            targets: snapshot.active_units.clone(),
+            hostname: escape_line(&or_dash(snapshot.hostname.as_deref())),
+            status: escape_line(&or_dash(snapshot.status.as_deref())),
+            targets: snapshot
+                .active_units
+                .iter()
+                .map(|unit| escape_line(unit))
+                .collect(),
             boot_count: snapshot.boot_count,
             last_seen: snapshot.last_seen.map(Moment),
             ready_timed_out: snapshot.ready_timed_out,
@@ -273,7 +279,7 @@ impl GuestPage {
         let text = |label, field, value: String| Fact {
             label,
             field,
-            value: FactValue::Text(value),
+            value: FactValue::Text(escape_line(&value)),
         };
         let time = |label, field, at: Option<Timestamp>| Fact {
             label,
@@ -353,7 +359,7 @@ impl GuestPage {
                     offset: since_first(milestone.at),
                     boot: milestone.boot,
                     kind,
-                    text,
+                    text: escape_line(&text),
                 }
             })
             .collect();
@@ -367,7 +373,7 @@ impl GuestPage {
                 received_at: Moment(record.received_at),
                 sender: describe_sender(record.sender),
                 fds: record.fds,
-                text: String::from_utf8_lossy(&record.bytes).into_owned(),
+                text: escape_lines(&String::from_utf8_lossy(&record.bytes)),
                 hex: spaced_hex(&record.bytes),
             })
             .collect();

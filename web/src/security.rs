@@ -212,7 +212,7 @@ pub enum TokenError {
     },
     /// Others may read or write the file: the token would be no secret.
     #[error(
-        "token file {} has mode {mode:04o}: others may read or write it; run `chmod o-rwx` on it",
+        "token file {} has mode {mode:04o}, which gives others access to it; run `chmod o-rwx` on it",
         path.display()
     )]
     OpenToOthers {

@@ -18,11 +18,11 @@ use tracing::{debug, info, warn};
 use crate::activation::{Inherited, InheritedHttp};
 use crate::journal::{Journal, JournalConfig};
 use crate::registry::Registry;
-use crate::security::{self, HttpAuth, Listen, Token};
+use crate::security::{HttpAuth, Listen, Token};
 use crate::store::Hub;
 use crate::supervisor;
 use crate::vsock::{KernelListeners, VmGuest, VsockConfig, VsockSettings, VsockTasks};
-use crate::{AppState, launch, router};
+use crate::{AppState, launch, router_with_token};
 
 /// What `notifyhub serve` was asked to do.
 #[derive(Clone, Debug)]
@@ -33,7 +33,7 @@ pub struct Config {
     /// token or `insecure_no_auth` ([`HttpAuth::check`]).
     pub http_auth: HttpAuth,
     /// Permission bits of the HTTP UNIX socket (`--listen-mode`; default
-    /// [`security::DEFAULT_HTTP_SOCKET_MODE`], 0600).
+    /// [`crate::security::DEFAULT_HTTP_SOCKET_MODE`], 0600).
     pub http_socket_mode: u32,
     /// Mode and owner of every guest's notify socket unless the guest has its own
     /// (`--socket-mode`, `--socket-owner`).
@@ -376,13 +376,7 @@ impl Server {
         let registry = state.registry.clone();
         // Every listener and guest socket is bound by now: the service manager may hear READY=1.
         let supervisor = tokio::spawn(supervisor::report(state.hub.clone(), shutdown.clone()));
-        let app = match token {
-            Some(token) => router(state).layer(axum::middleware::from_fn_with_state(
-                token,
-                security::require_token,
-            )),
-            None => router(state),
-        };
+        let app = router_with_token(state, token);
         let served = match listener {
             HttpListener::Tcp(listener) => {
                 // Without TCP_NODELAY an SSE event waits for the client's delayed ACK of the

@@ -24,19 +24,21 @@
 //! `broadcast` channels the store hands out.
 
 use std::collections::{BTreeMap, VecDeque, btree_map};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notifyhub_core::{
-    DropReason, Event, Guest, Milestone, ParseError, Phase, Sender, Snapshot, Timestamp, Wait,
-    WaitCondition, WaitOutcome,
+    DropReason, Drops, Event, Guest, Milestone, ParseError, Phase, Sender, Snapshot, Timestamp,
+    Wait, WaitCondition, WaitOutcome,
 };
 use serde::{Serialize, Serializer};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::metrics::Metrics;
+use crate::limit::LogThrottle;
+use crate::metrics::{Metrics, drops_gained};
 use crate::vsock::Reach;
 
 /// How much the store keeps. [`Limits::default`] is what the hub uses.
@@ -91,6 +93,9 @@ struct Inner {
     metrics: Metrics,
     /// Set once by [`crate::journal::Journal::open`]: inputs are stored before they apply.
     journal: OnceLock<crate::journal::Writer>,
+    /// Set while [`crate::journal::Journal::open`] replays the journal ([`Hub::replaying`]):
+    /// inputs then rebuild the state only, without logging or counting them as news.
+    replaying: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -148,6 +153,8 @@ struct Entry {
     /// The state after the last input, when that input caused events (which carry it) and
     /// nothing was published since: [`Entry::publish`] sends it instead of making another.
     fresh: Option<Arc<Snapshot>>,
+    /// Throttles the log lines of the guest's drops ([`Entry::publish`]).
+    drop_log: LogThrottle,
 }
 
 /// The hub-wide log of [`HubEvent`]s: ids, a ring for resumes, and the live channel.
@@ -328,6 +335,18 @@ pub enum FeedItem {
     Event(Arc<HubEvent>),
 }
 
+/// A journal replay in progress, from [`Hub::replaying`]; ends when dropped.
+#[derive(Debug)]
+pub(crate) struct Replaying<'a> {
+    hub: &'a Hub,
+}
+
+impl Drop for Replaying<'_> {
+    fn drop(&mut self) {
+        self.hub.inner.replaying.store(false, Ordering::Relaxed);
+    }
+}
+
 /// A subscriber's view of the event log, from [`Hub::subscribe`]: a replay of held events (or a
 /// [`Resync`]), then live events, each exactly once and in id order.
 #[derive(Debug)]
@@ -461,6 +480,7 @@ impl Hub {
                 limits,
                 metrics: Metrics::new(),
                 journal: OnceLock::new(),
+                replaying: AtomicBool::new(false),
             }),
         }
     }
@@ -469,6 +489,21 @@ impl Hub {
     /// and its long-polls while they wait.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Marks the inputs applied until the returned guard drops as a replay of the journal:
+    /// they rebuild the state (the fold is the same), but their phase changes are not logged
+    /// and their messages, drops and evictions are not counted in [`Hub::metrics`], which
+    /// count what happened since this process started. Gauges read the state, so they are
+    /// right after the replay.
+    pub(crate) fn replaying(&self) -> Replaying<'_> {
+        self.inner.replaying.store(true, Ordering::Relaxed);
+        Replaying { hub: self }
+    }
+
+    /// The metrics to count live inputs in; `None` during [`Hub::replaying`].
+    fn live_metrics(&self) -> Option<&Metrics> {
+        (!self.inner.replaying.load(Ordering::Relaxed)).then_some(&self.inner.metrics)
     }
 
     /// What this store keeps.
@@ -521,6 +556,7 @@ impl Hub {
             accepted,
             snapshot,
             fresh: None,
+            drop_log: LogThrottle::default(),
         };
         *next_generation += 1;
         for record in &entry.history {
@@ -532,7 +568,7 @@ impl Hub {
         kept.evict(
             self.inner.limits.history_memory,
             guests,
-            &self.inner.metrics,
+            self.live_metrics(),
         );
     }
 
@@ -633,6 +669,7 @@ impl Hub {
             accepted: 0,
             snapshot,
             fresh: None,
+            drop_log: LogThrottle::default(),
         });
         log.emit(name, Change::Registered, entry.summary());
         Ok(entry.detail())
@@ -730,18 +767,21 @@ impl Hub {
                 entry.history.push_back(record);
                 entry.accepted
             });
-        if accepted.is_ok() {
-            self.inner.metrics.count_message(&sender);
+        let metrics = self.live_metrics();
+        if accepted.is_ok()
+            && let Some(metrics) = metrics
+        {
+            metrics.count_message(&sender);
         }
-        entry.log_events(name, log);
+        entry.log_events(name, log, metrics.is_some());
         if publish == Publish::Now {
-            entry.publish(&self.inner.metrics);
+            entry.publish(self.live_metrics());
         }
         if accepted.is_ok() {
             kept.evict(
                 self.inner.limits.history_memory,
                 guests,
-                &self.inner.metrics,
+                self.live_metrics(),
             );
         }
         accepted.map_err(IngestError::from)
@@ -751,7 +791,7 @@ impl Hub {
     /// a batch of inputs applied with [`Publish::Later`]. Nothing for an unknown guest.
     pub(crate) fn publish(&self, name: &str) {
         if let Some(entry) = self.lock().guests.get_mut(name) {
-            entry.publish(&self.inner.metrics);
+            entry.publish(self.live_metrics());
         }
     }
 
@@ -834,9 +874,9 @@ impl Hub {
             .get_mut(name)
             .ok_or_else(|| UnknownGuest(name.to_owned()))?;
         input(&mut entry.guest);
-        entry.log_events(name, log);
+        entry.log_events(name, log, self.live_metrics().is_some());
         if publish == Publish::Now {
-            entry.publish(&self.inner.metrics);
+            entry.publish(self.live_metrics());
         }
         Ok(())
     }
@@ -1023,8 +1063,9 @@ impl Entry {
     }
 
     /// After an input: drains the guest's events into `log`, each with the new state (made
-    /// only when there are events, and kept for [`Entry::publish`]).
-    fn log_events(&mut self, name: &str, log: &mut EventLog) {
+    /// only when there are events, and kept for [`Entry::publish`]). Phase changes are also
+    /// logged to the tracing log when `live` (not during a journal replay).
+    fn log_events(&mut self, name: &str, log: &mut EventLog, live: bool) {
         self.fresh = None;
         let Some(first) = self.guest.poll_event() else {
             return;
@@ -1038,7 +1079,7 @@ impl Entry {
         };
         let mut next = Some(first);
         while let Some(event) = next {
-            if let Event::PhaseChanged { from, to } = &event {
+            if live && let Event::PhaseChanged { from, to } = &event {
                 info!(guest = name, %from, %to, "phase changed");
             }
             log.emit(name, Change::Guest(event), summary.clone());
@@ -1047,15 +1088,41 @@ impl Entry {
     }
 
     /// Wakes the guest's waiters with its state now, and counts its drops since the last
-    /// publish in `metrics`.
-    fn publish(&mut self, metrics: &Metrics) {
+    /// publish in `metrics` (none during a journal replay).
+    fn publish(&mut self, metrics: Option<&Metrics>) {
         let snapshot = self
             .fresh
             .take()
             .unwrap_or_else(|| Arc::new(self.guest.snapshot()));
         let drops = snapshot.drops;
         let before = self.snapshot.send_replace(snapshot);
-        metrics.count_drops(&before.drops, &drops);
+        if let Some(metrics) = metrics {
+            metrics.count_drops(&before.drops, &drops);
+            self.log_drops(&before.drops, &drops);
+        }
+    }
+
+    /// Logs the drops gained from `before` to `after` at warn, throttled per guest (the first,
+    /// then at most one line per [`crate::limit::LOG_INTERVAL`] with the count since the last
+    /// line). Rate-limited drops are left to the rate limiter's own line.
+    fn log_drops(&mut self, before: &Drops, after: &Drops) {
+        let gained: Vec<_> = drops_gained(before, after)
+            .into_iter()
+            .filter(|(reason, _)| reason != "rate_limited")
+            .collect();
+        let count = gained.iter().map(|(_, count)| count).sum();
+        if count == 0 {
+            return;
+        }
+        if let Some(dropped) = self.drop_log.note_many(Instant::now(), count) {
+            let reasons: Vec<_> = gained.into_iter().map(|(reason, _)| reason).collect();
+            warn!(
+                guest = &*self.name,
+                reason = reasons.join(","),
+                dropped,
+                "messages dropped (counted in the guest's drops)"
+            );
+        }
     }
 }
 
@@ -1088,9 +1155,14 @@ impl Kept {
     }
 
     /// Forgets the oldest kept messages of any guest until at most `budget` bytes are kept,
-    /// counting each in its guest's [`Entry::evicted`] and in `metrics`. A guest's state is
-    /// untouched: only its history shrinks.
-    fn evict(&mut self, budget: usize, guests: &mut BTreeMap<String, Entry>, metrics: &Metrics) {
+    /// counting each in its guest's [`Entry::evicted`] and in `metrics` (none during a journal
+    /// replay). A guest's state is untouched: only its history shrinks.
+    fn evict(
+        &mut self,
+        budget: usize,
+        guests: &mut BTreeMap<String, Entry>,
+        metrics: Option<&Metrics>,
+    ) {
         let mut evicted = 0;
         while self.bytes > budget {
             let Some(oldest) = self.order.pop_front() else {
@@ -1111,7 +1183,9 @@ impl Kept {
                 evicted += 1;
             }
         }
-        if evicted > 0 {
+        if evicted > 0
+            && let Some(metrics) = metrics
+        {
             metrics.count_history_evictions(evicted);
         }
         self.compact(guests);

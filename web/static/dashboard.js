@@ -15,7 +15,17 @@ const ago = (us) => {
   if (s < 90 * 60) return `${Math.round(s / 60)} min ago`;
   return s < 36 * 3600 ? `${Math.round(s / 3600)} h ago` : utc(us);
 };
-const orDash = (v) => (v === null || v === undefined || v === '' ? '—' : String(v));
+// Guest text as the server shows it (src/text.rs): control, bidi and invisible format
+// characters as visible escapes (`\x1b`, `\u{202e}`), so none can reorder or hide text.
+const INVISIBLE =
+  /[\0-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb\u{e0000}-\u{e007f}]/gu;
+const NAMED = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+const shown = (text) => text.replace(INVISIBLE, (c) => {
+  const code = c.codePointAt(0);
+  if (c in NAMED) return NAMED[c];
+  return code < 0x80 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u{${code.toString(16)}}`;
+});
+const orDash = (v) => (v === null || v === undefined || v === '' ? '—' : shown(String(v)));
 
 // Snapshot keys shown as plain text, as the server renders them.
 const TEXT = {
@@ -31,7 +41,7 @@ const TEXT = {
   errno: (s) => orDash(s.errno),
   exit_status: (s) => orDash(s.exit_status ?? 'unknown'),
   shutdown: ({ shutdown: sd }) =>
-    (sd ? sd.verb + (sd.reboot_parameter === null ? '' : ` (${sd.reboot_parameter})`) : '—'),
+    (sd ? shown(sd.verb + (sd.reboot_parameter === null ? '' : ` (${sd.reboot_parameter})`)) : '—'),
 };
 
 function setTime(el, us) {
@@ -55,7 +65,7 @@ function fill(scope, s) {
       el.replaceChildren(...s.active_units.map((unit) => {
         const chip = document.createElement('span');
         chip.className = 'chip';
-        chip.textContent = unit;
+        chip.textContent = shown(unit);
         return chip;
       }));
     } else if (el.tagName === 'TIME') {

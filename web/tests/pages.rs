@@ -193,3 +193,45 @@ async fn guest_text_is_escaped() {
         assert!(!html.contains("<b>host</b>"), "{page}: raw markup");
     }
 }
+
+/// Control characters, bidi overrides and invisible characters a guest sends are shown as
+/// visible escapes (as the CLI shows them), never written raw into the HTML: a NUL is a parse
+/// error, U+202E reorders the text after it.
+#[tokio::test]
+async fn guest_control_characters_are_shown_escaped() {
+    let (app, hub, _tmp) = app();
+    let now = Timestamp::from_micros(1_796_072_584_000_000);
+    for datagram in [
+        "STATUS=trailingnul\0".as_bytes(),
+        "X_SYSTEMD_HOSTNAME=ho\u{202e}st\u{200b}".as_bytes(),
+        "STATUS=\x1b[31mred\x1b[0m\u{202e}gpj.exe\u{2066}".as_bytes(),
+    ] {
+        hub.ingest("web1", now, Sender::Unknown, datagram, 0)
+            .unwrap();
+    }
+    for page in ["/", "/guests/web1"] {
+        let (response, html) = get(&app, page).await;
+        assert_eq!(response.status(), StatusCode::OK, "{page}");
+        for raw in ['\0', '\x1b', '\u{202e}', '\u{2066}', '\u{200b}'] {
+            assert!(!html.contains(raw), "{page} holds {raw:?} raw:\n{html}");
+        }
+        assert!(html.contains("ho\\u{202e}st\\u{200b}"), "{page}: {html}");
+        assert!(
+            html.contains("\\x1b[31mred\\x1b[0m\\u{202e}gpj.exe\\u{2066}"),
+            "{page}: {html}"
+        );
+    }
+    let (_, html) = get(&app, "/guests/web1").await;
+    assert!(
+        html.contains(r#"<p class="status-line" data-field="status">\x1b[31mred"#),
+        "{html}"
+    );
+    assert!(
+        html.contains("<pre class=\"payload\">STATUS=trailingnul\\x00</pre>"),
+        "{html}"
+    );
+    // The API keeps the text as sent: it is data, and JSON escapes it.
+    let (_, json) = get(&app, "/api/v1/guests/web1").await;
+    let snapshot: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(snapshot["hostname"], "ho\u{202e}st\u{200b}");
+}

@@ -3,58 +3,11 @@
 //! Everything here reads `serde_json::Value`s leniently: a field this client does not know, or
 //! one a newer hub left out, prints as `-` rather than failing.
 
-use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-/// Text a guest sent, for one line of a terminal: control characters (and Unicode's bidi
-/// controls, which reorder what follows) as `\n`, `\t`, `\x1b`, `\u{202e}`; the rest as is.
-pub(crate) fn escape_line(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        push_char(&mut out, c, false);
-    }
-    out
-}
-
-/// A message's exact bytes on one line: as [`escape_line`], plus `\\` for a backslash and `\xNN`
-/// for each byte that is not UTF-8, so that the line tells the bytes apart (a `\n` separator
-/// from a backslash followed by `n`).
-pub(crate) fn escape_bytes(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            push_char(&mut out, c, true);
-        }
-        for byte in chunk.invalid() {
-            let _ = write!(out, "\\x{byte:02x}");
-        }
-    }
-    out
-}
-
-fn push_char(out: &mut String, c: char, exact: bool) {
-    match c {
-        '\n' => out.push_str("\\n"),
-        '\r' => out.push_str("\\r"),
-        '\t' => out.push_str("\\t"),
-        '\\' if exact => out.push_str("\\\\"),
-        c if c.is_ascii_control() => {
-            let _ = write!(out, "\\x{:02x}", u32::from(c));
-        }
-        c if c.is_control() || is_bidi_control(c) => {
-            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-        }
-        c => out.push(c),
-    }
-}
-
-/// Unicode's explicit bidirectional formatting characters (UAX #9), which can make a terminal
-/// show text in another order than it is.
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{061c}')
-}
+pub(crate) use notifyhub_web::text::{escape_bytes, escape_line};
 
 /// `text` cut to at most `max` characters, ending in `…` when cut.
 pub(crate) fn truncate(text: &str, max: usize) -> String {
@@ -241,27 +194,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    #[test]
-    fn guest_text_cannot_drive_the_terminal() {
-        assert_eq!(escape_line("Ready."), "Ready.");
-        assert_eq!(escape_line("a\x1b[2Jb"), "a\\x1b[2Jb");
-        assert_eq!(escape_line("tab\there\r\n"), "tab\\there\\r\\n");
-        assert_eq!(escape_line("\u{7f}\u{9b}"), "\\x7f\\u{9b}");
-        assert_eq!(escape_line("abc\u{202e}def"), "abc\\u{202e}def");
-        assert_eq!(escape_line("C:\\dir héllo ✓"), "C:\\dir héllo ✓");
-    }
-
-    #[test]
-    fn message_bytes_are_exact() {
-        assert_eq!(
-            escape_bytes(b"READY=1\nSTATUS=Ready."),
-            "READY=1\\nSTATUS=Ready."
-        );
-        assert_eq!(escape_bytes(b"X=C:\\n"), "X=C:\\\\n");
-        assert_eq!(escape_bytes(b"X=\xff\xfe\0"), "X=\\xff\\xfe\\x00");
-        assert_eq!(escape_bytes("X=é".as_bytes()), "X=é");
-    }
 
     #[test]
     fn truncation_counts_characters() {
