@@ -53,6 +53,7 @@ mod guest;
 mod message;
 mod name;
 mod sender;
+pub mod text;
 mod time;
 mod wait;
 

@@ -1,5 +1,5 @@
-// (c) The log viewer: a capture read from a picked file, a log with a broken line, and guest text
-// that looks like markup.
+// (c) The log viewer: a capture read from a picked file, a log with a broken line, guest text
+// that looks like markup, and guest text with controls and bidi overrides.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { useBrowser, watchedPage } from './lib/browser.mjs';
 import { url, vector } from './lib/hub.mjs';
-import { assertReloadReexec, pick } from './lib/viewer.mjs';
+import { assertEscapes, assertReloadReexec, pick, writeEscapesLog } from './lib/viewer.mjs';
 
 const browser = useBrowser();
 
@@ -62,6 +62,17 @@ test('the viewer lists bad lines with their numbers and shows markup as text', a
 
   // Text, not markup: nothing injected, no dialog.
   assert.equal(await page.locator('#viewer img, #viewer script').count(), 0);
+  check();
+  await close();
+});
+
+test('the viewer shows controls and bidi overrides in guest text as visible escapes', async (t) => {
+  const dir = await mkdtemp(path.join(tmpdir(), 'notifyhub-viewer-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const { page, check, close } = await watchedPage(browser.browser);
+  await page.goto(url('/viewer'));
+  await pick(page, await writeEscapesLog(dir));
+  await assertEscapes(page);
   check();
   await close();
 });

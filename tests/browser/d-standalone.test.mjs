@@ -8,7 +8,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { useBrowser, watchedPage } from './lib/browser.mjs';
 import { url, vector } from './lib/hub.mjs';
-import { assertReloadReexec, pick } from './lib/viewer.mjs';
+import { assertEscapes, assertReloadReexec, pick, writeEscapesLog } from './lib/viewer.mjs';
 
 const browser = useBrowser();
 
@@ -31,6 +31,10 @@ test('the standalone viewer works opened from disk', async (t) => {
   await pick(page, vector('systemd257-boot-reboot-arg'));
   const row = page.locator('#viewer-guests tr[data-guest="systemd257-boot-reboot-arg"]');
   assert.equal(await row.locator('[data-field="shutdown"]').textContent(), 'reboot (probe-arg)');
+
+  // Guest text as the hub shows it: the inlined module's escapes.
+  await pick(page, await writeEscapesLog(dir));
+  await assertEscapes(page);
 
   assert.deepEqual(requests.filter((u) => !u.startsWith('file:') && !u.startsWith('data:')), [], 'nothing but the file itself');
   check();

@@ -86,16 +86,17 @@ fn config_check_exit_statuses_and_positions() {
     let (code, stdout, _) = run(notifyhub(&["config", "check"]).env("NOTIFYHUB_CONFIG", &valid));
     assert_eq!((code, stdout), (0, format!("{valid}: valid\n")));
 
-    // EX_CONFIG: every error of a stage, each at its line and column, with the line shown.
+    // EX_CONFIG: every error, each at its line and column, with the line shown.
     let (bad, stderr, places) = invalid(
         dir.path(),
         "bad.toml",
         "listen = \"localhost\"\n\nguest = [\"web1\", 2.5e3, true]\nlisen = 1\n",
     );
-    assert_eq!(places.len(), 3, "{stderr}");
+    assert_eq!(places.len(), 4, "{stderr}");
     let expected = [
         "1:10: invalid value 'localhost' for '--listen <ADDR>'",
-        "3:25: `guest` takes strings or numbers, not boolean",
+        "3:18: `guest` takes strings (an array, or one), not a float: write \"2.5e3\", in quotes",
+        "3:25: `guest` takes strings (an array, or one), not a boolean",
         "4:1: unknown key `lisen`",
     ];
     for (place, expected) in places.iter().zip(expected) {
@@ -138,9 +139,22 @@ fn config_check_exit_statuses_and_positions() {
         "{stderr}"
     );
 
-    // TOML syntax.
-    let (_, stderr, places) = invalid(dir.path(), "syntax.toml", "guest = [\"a\"\n");
-    assert_eq!(places.len(), 1, "{stderr}");
+    // TOML syntax: its first error (the parser's next ones follow from it), and what the lines
+    // before it show.
+    let (syntax, stderr, places) = invalid(
+        dir.path(),
+        "syntax.toml",
+        "guest = [\"a\", \"a\"]\nvm = [\"b=3\"\n",
+    );
+    assert_eq!(places.len(), 2, "{stderr}");
+    assert_eq!(
+        places[0],
+        format!("{syntax}:1:15: guest \"a\" is declared twice")
+    );
+    assert_eq!(
+        places[1],
+        format!("{syntax}:2:12: unclosed array, expected `]`")
+    );
 
     // EX_NOINPUT: missing or unreadable; EX_USAGE: a wrong command line.
     let missing = dir.path().join("missing.toml");
@@ -165,6 +179,215 @@ fn config_check_exit_statuses_and_positions() {
     assert_eq!(code, 66, "{stderr}");
     let (code, _, _) = run(&mut notifyhub(&["config", "check", &valid, &valid]));
     assert_eq!(code, 64);
+}
+
+/// One run of `config check` reports every error it can find: keys, TOML types, values, and
+/// the rules between the options that passed, in the file's order, each with its line and a
+/// caret. A rule that may only fail because a refused value is missing is not reported.
+#[test]
+fn config_check_reports_every_error_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, stderr, places) = invalid(
+        dir.path(),
+        "many.toml",
+        "vsock-port = \"7371\"\nvm = [\"vm1=42\", \"vm2=42\"]\nguest = [\"web1\", \"web1\", \
+         \"x/y\"]\nready-timeout = \"soon\"\ntoken-file = \"/etc/notifyhub/token\"\n\
+         insecure-no-auth = true\nsocket-mode = 0o660\nrate-limit = -1\nlisen = 1\n",
+    );
+    let expected = [
+        "1:14: `vsock-port` takes an integer, not a string: write vsock-port = 7371, without \
+         quotes",
+        "2:17: CID 42 is guest \"vm1\"'s already",
+        "3:18: guest \"web1\" is declared twice",
+        "3:26: invalid guest name \"x/y\": ",
+        "4:17: invalid value 'soon' for '--ready-timeout <DURATION>': expected a duration such \
+         as 90, 1.5, 90s, 1500ms, 2m or 1h30m (a number alone is seconds), not \"soon\"",
+        "5:1: the argument '--token-file <FILE>' cannot be used with '--insecure-no-auth'",
+        "7:15: `socket-mode` takes a string, not an integer: write socket-mode = \"0660\", in \
+         quotes",
+        "8:14: invalid value '-1' for '--rate-limit <RATE>': expected messages per second: 0 for \
+         no limit, or a number above 0 and at most 1000000000, not \"-1\"",
+        "9:1: unknown key `lisen`",
+    ];
+    assert_eq!(places.len(), expected.len(), "{stderr}");
+    for (place, expected) in places.iter().zip(expected) {
+        assert!(
+            place.starts_with(&format!("{file}:{expected}")),
+            "{place}\nis not\n{file}:{expected}"
+        );
+    }
+    // Each with its line and a caret under the value.
+    assert!(
+        stderr.contains("\n 1 | vsock-port = \"7371\"\n   |              ^^^^^^\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\n 7 | socket-mode = 0o660\n   |               ^^^^^\n"),
+        "{stderr}"
+    );
+    // With the port fixed, the next run finds nothing new: the rules were all checked already.
+    let fixed = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("\"7371\"", "7371");
+    let (_, stderr, again) = invalid(dir.path(), "many.toml", &fixed);
+    assert_eq!(again.len(), expected.len() - 1, "{stderr}");
+}
+
+/// A value of the wrong TOML type is refused with the type its option takes; the environment's
+/// strings are the command line's, and stay fine.
+#[test]
+fn toml_types_must_match_the_options() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, message) in [
+        (
+            "vsock-seqpacket-port = \"7372\"",
+            "1:24: `vsock-seqpacket-port` takes an integer, not a string: write \
+             vsock-seqpacket-port = 7372, without quotes",
+        ),
+        (
+            "max-guests = 1e3",
+            "1:14: `max-guests` takes an integer, not a float",
+        ),
+        (
+            "retain-days = \"30\"",
+            "1:15: `retain-days` takes an integer, not a string: write retain-days = 30, without \
+             quotes",
+        ),
+        (
+            "rate-burst = true",
+            "1:14: `rate-burst` takes an integer, not a boolean",
+        ),
+        (
+            "ignore-unprivileged = 1",
+            "1:23: `ignore-unprivileged` takes true or false, not an integer",
+        ),
+        (
+            "run-dir = 7",
+            "1:11: `run-dir` takes a string, not an integer: write run-dir = \"7\", in quotes",
+        ),
+        (
+            "vm = [42]",
+            "1:7: `vm` takes strings (an array, or one), not an integer: write \"42\", in quotes",
+        ),
+        (
+            "history-memory = 1.5",
+            "1:18: `history-memory` takes a size: bytes as an integer, or a string with a unit \
+             (\"64MiB\"), not a float",
+        ),
+        (
+            "ready-timeout = [30]",
+            "1:17: `ready-timeout` takes one value, not an array",
+        ),
+    ] {
+        let (path, stderr, places) = invalid(dir.path(), "types.toml", text);
+        assert_eq!(places, [format!("{path}:{message}")], "{stderr}");
+    }
+    // The forms each type takes.
+    let valid = write(
+        dir.path(),
+        "types.toml",
+        "vsock-port = 7371\nrate-limit = 0.5\nrate-burst = 20\nready-timeout = \"90s\"\n\
+         history-memory = \"64MiB\"\nsocket-mode = \"0660\"\nauto-register = true\n",
+    );
+    let (code, stdout, stderr) = run(&mut notifyhub(&["config", "check", &valid]));
+    assert_eq!((code, stdout), (0, format!("{valid}: valid\n")), "{stderr}");
+    let valid = write(
+        dir.path(),
+        "numbers.toml",
+        "rate-limit = 2\nready-timeout = 1.5\nhistory-memory = 1048576\n",
+    );
+    let (code, _, stderr) = run(&mut notifyhub(&["config", "check", &valid]));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// `notifyhub serve` with `args` and `env` and guest `g`: sends `g` one message and returns its
+/// readiness deadline after its first message, in µs.
+async fn ready_timeout_of(args: &[&str], env: &[(&str, &str)]) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::from(notifyhub(&["serve"]));
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--guest",
+            "g",
+            "--state-dir",
+            "none",
+            "--run-dir",
+        ])
+        .arg(dir.path())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = command.spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = tokio::time::timeout(START_TIMEOUT, async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            if let Some(base) = line.strip_prefix("notifyhub: listening on ") {
+                return base.to_owned();
+            }
+        }
+        panic!("no listening line");
+    })
+    .await
+    .expect("listening line");
+    let socket = dir.path().join("guests/g/notify");
+    notifyhub_tests::send_datagram(&socket, b"X_SYSTEMD_HOSTNAME=g", &[]).unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let guest = loop {
+        let guest: serde_json::Value = client
+            .get(format!("{base}/api/v1/guests/g"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if guest["messages"] == 1 {
+            break guest;
+        }
+        assert!(Instant::now() < deadline, "{guest}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    child.kill().await.unwrap();
+    guest["ready_deadline"].as_u64().expect("a deadline") - guest["first_seen"].as_u64().unwrap()
+}
+
+/// `--ready-timeout` takes a duration as people type it, from the command line, the environment
+/// and the file alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_timeout_takes_humane_durations_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        ready_timeout_of(&["--ready-timeout", "1.5"], &[]).await,
+        1_500_000
+    );
+    assert_eq!(
+        ready_timeout_of(&["--ready-timeout", "1500ms"], &[]).await,
+        1_500_000
+    );
+    assert_eq!(
+        ready_timeout_of(&[], &[("NOTIFYHUB_READY_TIMEOUT", "2m")]).await,
+        120_000_000
+    );
+    let float = write(dir.path(), "float.toml", "ready-timeout = 2.5\n");
+    assert_eq!(
+        ready_timeout_of(&["--config", &float], &[]).await,
+        2_500_000
+    );
+    let unit = write(dir.path(), "unit.toml", "ready-timeout = \"1h 30m\"\n");
+    assert_eq!(
+        ready_timeout_of(&["--config", &unit], &[]).await,
+        5_400_000_000
+    );
+    // The environment's string beats the file, and a string is what it always is.
+    assert_eq!(
+        ready_timeout_of(&["--config", &unit], &[("NOTIFYHUB_READY_TIMEOUT", "90")]).await,
+        90_000_000
+    );
 }
 
 #[test]
@@ -461,4 +684,74 @@ async fn reload_tells_the_service_manager() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// The token file is read again on SIGHUP: the new token works from then on and the old one no
+/// longer does; a file that cannot be used is logged and the running token kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_token_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let put = |token: &str, mode: u32| {
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    const FIRST: &str = "first-token-0123456789";
+    const SECOND: &str = "second-token-0123456789";
+    put(FIRST, 0o600);
+    let hub = Hub::start_with_args(&["web1"], &["--token-file", file.to_str().unwrap()]).await;
+    let status = async |token: &str| {
+        hub.client()
+            .get(hub.url("/api/v1/guests"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(status(FIRST).await, StatusCode::OK);
+    assert_eq!(status(SECOND).await, StatusCode::UNAUTHORIZED);
+
+    put(SECOND, 0o600);
+    hangup(&hub);
+    let log = logged(&hub, "configuration reloaded", 1).await;
+    assert!(log.contains("bearer token replaced"), "{log}");
+    assert!(
+        !log.contains(SECOND) && !log.contains(FIRST),
+        "a token in the log:\n{log}"
+    );
+    assert_eq!(status(SECOND).await, StatusCode::OK);
+    assert_eq!(status(FIRST).await, StatusCode::UNAUTHORIZED);
+
+    // Too short, open to others, gone: each logged, and the running token stays.
+    let refusals = [
+        (("short", 0o600), "must hold one token of at least 16"),
+        (
+            ("third-token-0123456789", 0o644),
+            "has mode 0644, which gives others access",
+        ),
+    ];
+    for (n, ((token, mode), why)) in refusals.into_iter().enumerate() {
+        put(token, mode);
+        hangup(&hub);
+        let log = logged(&hub, "configuration reloaded", n + 2).await;
+        let refused: Vec<&str> = log
+            .lines()
+            .filter(|line| line.contains("the bearer token stays as it was"))
+            .collect();
+        assert_eq!(refused.len(), n + 1, "{log}");
+        assert!(refused[n].contains(why), "{log}");
+        assert_eq!(status(SECOND).await, StatusCode::OK);
+        assert_eq!(
+            status("third-token-0123456789").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    std::fs::remove_file(&file).unwrap();
+    hangup(&hub);
+    let log = logged(&hub, "configuration reloaded", 4).await;
+    assert!(log.contains("cannot read token file"), "{log}");
+    assert_eq!(status(SECOND).await, StatusCode::OK);
+    hub.shutdown().await;
 }

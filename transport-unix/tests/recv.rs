@@ -285,3 +285,64 @@ async fn concurrent_senders_all_arrive() {
     want.sort();
     assert_eq!(got, want);
 }
+
+/// `recv_batch` over more datagrams than one `recvmmsg()` takes (64): all arrive in order with
+/// credentials, the most fds a datagram can carry arrive too wherever they land in a batch, and
+/// an oversize one is dropped with its fd closed. A thread sends, as the kernel's queue of a
+/// datagram socket is short (`net.unix.max_dgram_qlen`, 10 by default) and a sender waits.
+#[tokio::test]
+async fn recv_batch_spans_several_calls_with_fds_and_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = bind(&dir);
+    let (r, w) = pipe();
+    let (r_oversize, w_oversize) = pipe();
+    let path = sock.path().to_path_buf();
+    let sender = std::thread::spawn(move || {
+        let many = vec![w.as_fd(); MAX_FDS_PER_DATAGRAM];
+        for i in 0..150 {
+            let payload = format!("X_N={i}");
+            match i {
+                70 | 149 => send_with_fds(&path, payload.as_bytes(), &many),
+                100 => send_with_fds(
+                    &path,
+                    &vec![b'x'; MAX_DATAGRAM_LEN + 1],
+                    &[w_oversize.as_fd()],
+                ),
+                _ => send(&path, payload.as_bytes()),
+            }
+        }
+    });
+
+    let mut batch = Vec::new();
+    while batch.len() < 150 {
+        tokio::time::timeout(RECV_TIMEOUT, sock.recv_batch(&mut batch, 256))
+            .await
+            .expect("recv_batch timed out")
+            .expect("recv_batch failed");
+    }
+    sender.join().unwrap();
+    assert_eq!(batch.len(), 150);
+    assert_eq!(read_end_state(&r_oversize), Ok(0), "the oversize one's fd");
+    for (i, received) in batch.iter().enumerate() {
+        match (i, received) {
+            (100, Received::Dropped { reason, len, .. }) => {
+                assert_eq!(*reason, DropCause::Oversize);
+                assert_eq!(*len, Some(MAX_DATAGRAM_LEN + 1));
+            }
+            (_, Received::Datagram(d)) => {
+                assert_eq!(d.payload, format!("X_N={i}").as_bytes());
+                assert_eq!(d.credentials, Some(own_credentials()));
+                let fds = if i == 70 || i == 149 {
+                    MAX_FDS_PER_DATAGRAM
+                } else {
+                    0
+                };
+                assert_eq!(d.fds.len(), fds, "datagram {i}");
+            }
+            (_, other) => panic!("datagram {i}: {other:?}"),
+        }
+    }
+    assert_eq!(read_end_state(&r), Err(Errno::AGAIN), "held by the batch");
+    drop(batch);
+    assert_eq!(read_end_state(&r), Ok(0));
+}

@@ -3,16 +3,13 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::io::Errno;
-use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use notifyhub_transport_unix::stream::{SocketFile, bind_listener};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::kernel::BACKLOG;
 use crate::serve::{Acceptor, Peer, serve};
 use crate::{Event, ListenerConfig, Sender};
 
@@ -48,9 +45,8 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 #[derive(Debug)]
 pub struct HybridListener {
     listener: UnixListener,
-    path: PathBuf,
-    /// `(st_dev, st_ino)` of the socket file right after binding.
-    file_id: (u64, u64),
+    /// Removes the socket file when dropped, if it is still this socket.
+    file: SocketFile,
     guest_cid: u32,
 }
 
@@ -72,11 +68,11 @@ impl HybridListener {
 
     /// Binds `<uds_path>_<port>` whose file gets permission bits `mode` (at most 0o777).
     ///
-    /// Steps: checks the path; if a **stale** socket file is there (connecting to it is
-    /// refused: nobody listens) removes it; creates the socket (`SOCK_CLOEXEC | SOCK_NONBLOCK`),
-    /// sets the socket inode's mode to `mode` before `bind()` (so the file is never more open
-    /// than asked), binds, listens (backlog 128), then `chmod`s the file to exactly `mode`.
-    /// The parent directory must exist.
+    /// Checks the path, then binds it with the UNIX transport's
+    /// [`bind_listener`]: a **stale** socket file there (connecting to it is refused: nobody
+    /// listens) is replaced; the socket inode gets `mode` before `bind()` (so the file is never
+    /// more open than asked), and the file exactly `mode` after `listen()`. The parent
+    /// directory must exist.
     ///
     /// # Errors
     ///
@@ -105,45 +101,17 @@ impl HybridListener {
     ) -> io::Result<Self> {
         let path = socket_path(uds_path, port);
         check_path(&path)?;
-        if mode & !0o777 != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("socket mode {mode:#o} has bits outside 0o777"),
-            ));
-        }
-        remove_stale_socket(&path)?;
-
-        let fd = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-            None,
-        )?;
-        // Linux's unix_bind() creates the file with the socket inode's mode less the umask.
-        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(mode))?;
-        rustix::net::bind(&fd, &SocketAddrUnix::new(&path)?)?;
-        // The file exists from here on: removed again on an error, or a panic outside a runtime.
-        let file = BoundFile(Some(&path));
-        rustix::net::listen(&fd, BACKLOG)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-        let meta = std::fs::symlink_metadata(&path)?;
-        // Registered with Tokio only once it listens: before listen() a stream socket polls as
-        // hung up (EPOLLHUP in TCP_CLOSE, `unix_poll()`), Tokio keeps a hang-up for good, and
-        // accept() would then spin on EAGAIN within one poll, should the I/O driver of another
-        // thread have seen the socket in between.
-        let listener = UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))?;
-        file.keep();
+        let (listener, file) = bind_listener(&path, mode)?;
         Ok(Self {
             listener,
-            path,
-            file_id: (meta.dev(), meta.ino()),
+            file,
             guest_cid,
         })
     }
 
     /// The socket file's path, `<uds_path>_<port>`.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// The guest CID given to [`bind`](Self::bind), reported in every [`Event`].
@@ -184,29 +152,6 @@ impl Acceptor for HybridListener {
     }
 }
 
-impl Drop for HybridListener {
-    fn drop(&mut self) {
-        remove_if_same(&self.path, self.file_id);
-    }
-}
-
-/// A socket file just bound: removed when dropped, unless kept.
-struct BoundFile<'a>(Option<&'a Path>);
-
-impl BoundFile<'_> {
-    fn keep(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for BoundFile<'_> {
-    fn drop(&mut self) {
-        if let Some(path) = self.0 {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
 /// `<uds_path>_<port>`, the naming of Firecracker and `vhost-device-vsock`.
 fn socket_path(uds_path: &Path, port: u32) -> PathBuf {
     let mut path = OsString::from(uds_path.as_os_str());
@@ -233,59 +178,6 @@ fn check_path(path: &Path) -> io::Result<()> {
         return invalid("hybrid vsock socket path contains a NUL byte".to_owned());
     }
     Ok(())
-}
-
-/// Removes a socket file at `path` that nobody listens on; refuses anything else.
-fn remove_stale_socket(path: &Path) -> io::Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!(
-                "{} exists and is not a socket; refusing to replace it",
-                path.display()
-            ),
-        ));
-    }
-    // Non-blocking: a live listener with a full backlog answers EAGAIN instead of blocking.
-    let probe = rustix::net::socket_with(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
-    match rustix::net::connect(&probe, &SocketAddrUnix::new(path)?) {
-        Err(Errno::CONNREFUSED) => std::fs::remove_file(path),
-        Ok(()) | Err(Errno::AGAIN) => Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!(
-                "{} is a socket somebody is listening on; refusing to replace it",
-                path.display()
-            ),
-        )),
-        // EPROTOTYPE: a datagram or seqpacket socket lives there, not ours to remove.
-        Err(e) => Err(io::Error::new(
-            io::Error::from(e).kind(),
-            format!(
-                "cannot tell whether socket {} is stale: {e}",
-                path.display()
-            ),
-        )),
-    }
-}
-
-fn remove_if_same(path: &Path, (dev, ino): (u64, u64)) {
-    if let Ok(meta) = std::fs::symlink_metadata(path)
-        && meta.file_type().is_socket()
-        && meta.dev() == dev
-        && meta.ino() == ino
-    {
-        let _ = std::fs::remove_file(path);
-    }
 }
 
 #[cfg(test)]

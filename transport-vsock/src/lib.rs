@@ -19,10 +19,12 @@
 //!
 //! Bytes are read until one of these ends the connection, checked in this order of precedence:
 //!
-//! 1. **EOF**: the message is complete ([`End::Eof`]). 0 bytes then EOF is an **empty message**,
-//!    delivered as such: systemd's own receiver treats a 0-byte message as an empty list of
-//!    assignments (`notify_recv_with_fds_strv()`, `src/shared/notify-recv.c`), and so does the
-//!    core.
+//! 1. **EOF**: the message is complete ([`End::Eof`]). 0 bytes then EOF is **no message**
+//!    ([`DropCause::Empty`]): systemd-vmspawn reads such a connection to EOF, splits nothing and
+//!    acts on nothing (`src/vmspawn/vmspawn.c`), and a stream connection, unlike a datagram, can
+//!    carry no fds or credentials that would make an empty one mean something (PID 1 processes
+//!    a 0-byte *datagram* for those, `notify_recv_with_fds_strv()`). So a peer that connects and
+//!    closes (a probe, an idle client) never shows up as a guest's message.
 //! 2. **More than 4096 bytes** ([`MAX_DATAGRAM_LEN`], systemd's `NOTIFY_BUFFER_MAX`,
 //!    `src/basic/constants.h`): the 4097th byte drops the message whole, never truncated
 //!    ([`DropCause::Oversize`]), as systemd-vmspawn does (it reads into 4096 + 1 bytes and fails
@@ -196,8 +198,7 @@ pub struct Event {
 pub enum Received {
     /// A whole message: the bytes sent, exactly.
     Message {
-        /// 0 to [`MAX_DATAGRAM_LEN`] (4096) bytes; 0 bytes is an empty message (systemd: an empty
-        /// list), for the core to handle.
+        /// 1 to [`MAX_DATAGRAM_LEN`] (4096) bytes (0 bytes is [`DropCause::Empty`]).
         payload: Vec<u8>,
         /// What showed the message was complete.
         end: End,
@@ -234,6 +235,8 @@ pub enum DropCause {
     Deadline,
     /// Reading failed (e.g. the peer reset the connection); the kind of the error.
     Read(io::ErrorKind),
+    /// EOF before the first byte: the peer connected and closed without a message.
+    Empty,
     /// [`ListenerConfig::max_connections`] connections were already open; closed unread.
     ConnectionLimit,
     /// The peer already had [`ListenerConfig::max_connections_per_peer`] connections open;

@@ -44,6 +44,12 @@ where
         };
         match step {
             None => return message(buf, filled, End::Idle),
+            Some(Ok(0)) if filled == 0 => {
+                return Received::Dropped {
+                    reason: DropCause::Empty,
+                    len: 0,
+                };
+            }
             Some(Ok(0)) => return message(buf, filled, End::Eof),
             Some(Ok(n)) => {
                 filled += n;
@@ -120,13 +126,19 @@ mod tests {
         assert_eq!(got, msg(b"READY=1\nSTATUS=Ready.", End::Eof));
     }
 
-    /// A 0-byte message is an empty list for systemd (`notify_recv_with_fds_strv()`): delivered.
+    /// EOF before any byte is no message (systemd-vmspawn acts on nothing then).
     #[tokio::test]
-    async fn empty_then_eof_is_an_empty_message() {
+    async fn eof_before_any_byte_is_no_message() {
         let (guest, mut host) = tokio::io::duplex(64);
         drop(guest);
         let got = read_message(&mut host, &ListenerConfig::default()).await;
-        assert_eq!(got, msg(b"", End::Eof));
+        assert_eq!(
+            got,
+            Received::Dropped {
+                reason: DropCause::Empty,
+                len: 0
+            }
+        );
     }
 
     /// Hybrid vsock loses SHUT_WR: the idle timeout after the last byte ends the message, in

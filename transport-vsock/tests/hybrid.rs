@@ -116,12 +116,18 @@ async fn message_without_eof_is_closed_after_idle_timeout() {
 }
 
 #[tokio::test]
-async fn empty_connection_is_an_empty_message() {
+async fn empty_connection_is_no_message() {
     let mut hub = Hub::start(ListenerConfig::default());
     let mut guest = UnixStream::connect(&hub.path).await.unwrap();
     guest.shutdown().await.unwrap();
     wait_for_close(&mut guest).await.unwrap();
-    assert_eq!(hub.next().await.received, message(b"", End::Eof));
+    assert_eq!(
+        hub.next().await.received,
+        Received::Dropped {
+            reason: DropCause::Empty,
+            len: 0
+        }
+    );
     hub.stop().await;
 }
 
@@ -342,4 +348,56 @@ fn accepts_when_bound_while_the_driver_polls() {
         std::mem::forget(runtime);
         panic!("a listener did not accept within 5 s");
     }
+}
+
+/// A live socket whose listen backlog is full is refused at once, not waited on: the probe that
+/// tells a stale socket from a live one does not block (a blocking `connect()` to a full UNIX
+/// stream listener waits until it accepts, here never).
+#[tokio::test]
+async fn bind_refuses_a_live_socket_with_a_full_backlog_without_waiting() {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+    let dir = tempfile::tempdir().unwrap();
+    let uds = dir.path().join("vm.vsock");
+    let path = dir.path().join(format!("vm.vsock_{PORT}"));
+    let socket = || {
+        rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )
+        .unwrap()
+    };
+    let address = SocketAddrUnix::new(&path).unwrap();
+    // Somebody listens with a backlog of one connection and never accepts.
+    let live = socket();
+    rustix::net::bind(&live, &address).unwrap();
+    rustix::net::listen(&live, 0).unwrap();
+    let mut queued = Vec::new();
+    loop {
+        let client = socket();
+        match rustix::net::connect(&client, &address) {
+            Ok(()) => queued.push(client),
+            Err(rustix::io::Errno::AGAIN) => break,
+            Err(e) => panic!("connect: {e}"),
+        }
+        assert!(queued.len() < 100, "the backlog never filled");
+    }
+    assert!(!queued.is_empty());
+
+    let runtime = tokio::runtime::Handle::current();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let probe_uds = uds.clone();
+    std::thread::spawn(move || {
+        let _runtime = runtime.enter();
+        let _ = tx.send(HybridListener::bind(&probe_uds, PORT, CID).map(drop));
+    });
+    // A liveness bound: the answer takes microseconds.
+    let err = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("bind blocked on the full backlog")
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
+    assert!(path.exists(), "the live socket is left alone");
 }

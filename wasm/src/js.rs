@@ -1,14 +1,16 @@
 //! The JavaScript interface, through wasm-bindgen: a thin layer over [`crate::parse_datagram`]
-//! and [`crate::LogReader`] that takes bytes (`Uint8Array`) and returns JSON strings.
+//! and [`crate::LogReader`] that takes bytes (`Uint8Array`) and returns JSON strings, and the
+//! hub's rule for showing guest text ([`notifyhub_core::text`]): `escapeLine`, `escapeLines`.
 //!
 //! ```js
-//! import init, { parseDatagram, LogReader } from './notifyhub_wasm.js';
+//! import init, { parseDatagram, LogReader, escapeLine } from './notifyhub_wasm.js';
 //! await init();
 //! const reader = new LogReader(file.name);
 //! for (let at = 0; at < file.size; at += 1 << 20) {
 //!     reader.push(new Uint8Array(await file.slice(at, at + (1 << 20)).arrayBuffer()));
 //! }
 //! const replay = JSON.parse(reader.finish()); // frees the reader
+//! cell.textContent = escapeLine(replay.guests[0].snapshot.status ?? '');
 //! ```
 //!
 //! Strings rather than JS objects keep the interface small and its output byte-for-byte the
@@ -22,6 +24,21 @@ use wasm_bindgen::prelude::wasm_bindgen;
 #[wasm_bindgen(js_name = parseDatagram)]
 pub fn parse_datagram(datagram: &[u8]) -> String {
     crate::parse_datagram(datagram)
+}
+
+/// Guest text for one line of a page, as the hub's own pages show it: control, bidirectional
+/// and invisible format characters as visible escapes (`\x1b`, `\u{202e}`, `\n`). See
+/// [`notifyhub_core::text::escape_line`].
+#[wasm_bindgen(js_name = escapeLine)]
+pub fn escape_line(text: &str) -> String {
+    notifyhub_core::text::escape_line(text)
+}
+
+/// As [`escape_line`], but a `\n` stays a line break: a message's `KEY=value` lines in a
+/// `<pre>`. See [`notifyhub_core::text::escape_lines`].
+#[wasm_bindgen(js_name = escapeLines)]
+pub fn escape_lines(text: &str) -> String {
+    notifyhub_core::text::escape_lines(text)
 }
 
 /// A streaming reader of a notifyhub log (exported to JavaScript as `LogReader`): feed it the

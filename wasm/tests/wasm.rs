@@ -8,7 +8,7 @@
 mod common;
 
 use common::{CHUNK_SIZES, INPUTS, PARSE_DATAGRAM, parse_datagrams, pretty, push_in_chunks};
-use notifyhub_wasm::js::{JsLogReader, parse_datagram};
+use notifyhub_wasm::js::{JsLogReader, escape_line, escape_lines, parse_datagram};
 use wasm_bindgen_test::wasm_bindgen_test;
 
 /// The native output of an input, `tests/expected/<name>.json`.
@@ -73,4 +73,18 @@ fn every_datagram_parses_as_natively() {
         pretty(&json) == expected(PARSE_DATAGRAM),
         "parse_datagram differs from tests/expected/{PARSE_DATAGRAM}.json"
     );
+}
+
+/// The viewer shows guest text through these, as the hub's pages do (`notifyhub_core::text`).
+#[wasm_bindgen_test]
+fn guest_text_is_shown_with_the_hubs_escapes() {
+    assert_eq!(
+        escape_line("a\x1b[31m\u{202e}b\x07\u{9b}\n"),
+        "a\\x1b[31m\\u{202e}b\\x07\\u{9b}\\n"
+    );
+    assert_eq!(
+        escape_lines("READY=1\nSTATUS=\u{202e}x\r\n"),
+        "READY=1\nSTATUS=\\u{202e}x\\r\n"
+    );
+    assert_eq!(escape_line("héllo ✓ <b>"), "héllo ✓ <b>");
 }

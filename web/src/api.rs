@@ -113,7 +113,8 @@ impl From<RegisterError> for ApiError {
         let status = match &error {
             RegisterError::InvalidName(_)
             | RegisterError::PathTooLong { .. }
-            | RegisterError::InvalidVsock(_) => StatusCode::BAD_REQUEST,
+            | RegisterError::InvalidVsock(_)
+            | RegisterError::HybridPath { .. } => StatusCode::BAD_REQUEST,
             RegisterError::Exists(_)
             | RegisterError::CidTaken { .. }
             | RegisterError::SocketTaken { .. } => StatusCode::CONFLICT,
@@ -272,7 +273,8 @@ struct NewGuest {
 /// has `"cid": 5` (kernel vsock) or `"hybrid": {"uds_path": "/run/fc1.vsock", "port": 9999}`:
 /// 400 for a CID out of 3..=4294967294 or a bad socket path, 409 for a CID or socket taken.
 /// `"socket_mode": "0660"` and `"socket_owner": "USER[:GROUP]"` set its notify socket's mode
-/// and owner (400 if malformed or unknown, 403 if the hub may not give the file away).
+/// and owner (400 if malformed or unknown, 403 if the hub may not give the file away), kept
+/// with the guest across restarts.
 #[utoipa::path(
     post,
     path = "/guests",
@@ -285,14 +287,14 @@ struct NewGuest {
             body = GuestDetail,
             headers(("Location" = String, description = "`/api/v1/guests/{name}`")),
         ),
-        (status = 400, description = "A bad name, CID, socket path, mode or owner, or malformed JSON", body = ErrorBody),
+        (status = 400, description = "A bad name, CID, socket path, mode or owner (a hybrid `uds_path` in a directory that does not exist), or malformed JSON", body = ErrorBody),
         (status = 403, description = "The hub may not give the socket to that owner, or a browser sent it from another origin", body = ErrorBody),
         (status = 409, description = "The name, CID or socket is taken", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`", body = ErrorBody),
         (status = 422, description = "The JSON does not have the fields above", body = ErrorBody),
         (status = 500, description = "The socket cannot be bound", body = ErrorBody),
-        (status = 503, description = "The hub is shutting down, holds `--max-guests` guests, or is out of file descriptors", body = ErrorBody),
+        (status = 503, description = "The hub is shutting down, holds `--max-guests` guests (registrations through the API count against it), or is out of file descriptors", body = ErrorBody),
     )
 )]
 async fn create_guest(
@@ -308,7 +310,20 @@ async fn create_guest(
     )
     .map_err(ApiError::bad_request)?;
     let name = new.name;
-    let guest = registry.register_with_access(&name, reach, access).await?;
+    // A guest with a mode or owner of its own keeps them (the journal stores them); one
+    // without follows the hub's options, also after a restart with other ones.
+    let own_access = new.socket_mode.is_some() || new.socket_owner.is_some();
+    let guest = registry
+        .register_requested(&name, reach, own_access.then_some(access))
+        .await
+        .inspect_err(|error| {
+            if let RegisterError::TooManyGuests(max_guests) = error {
+                static LOG: crate::security::RefusalLog = crate::security::RefusalLog::new();
+                if let Some(refused) = LOG.note() {
+                    tracing::warn!(max_guests, refused, "registration refused: --max-guests");
+                }
+            }
+        })?;
     // The name passed validate_guest_name: ASCII letters, digits, '-', '_', '.' only.
     let location = HeaderValue::try_from(format!("/api/v1/guests/{name}"))
         .expect("a valid guest name is a valid header value");
@@ -636,6 +651,12 @@ struct EventsQuery {
             body = String,
         ),
         (status = 400, description = "A bad guest name or event id", body = ErrorBody),
+        (status = 404, description = "No guest of that name", body = ErrorBody),
+        (
+            status = 503,
+            description = "The hub serves `--max-sse-clients` streams already",
+            body = ErrorBody
+        ),
     )
 )]
 async fn events(
@@ -645,6 +666,9 @@ async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<sse::Event, Infallible>>>, ApiError> {
     if let Some(guest) = &query.guest {
         notifyhub_core::validate_guest_name(guest).map_err(ApiError::bad_request)?;
+        if state.hub.watch(guest).is_none() {
+            return Err(ApiError::unknown_guest(guest));
+        }
     }
     let last_event_id = match headers.get("last-event-id") {
         Some(value) => Some(
@@ -656,9 +680,15 @@ async fn events(
         ),
         None => query.last_event_id,
     };
+    // Held, like the count in `notifyhub_sse_clients`, until the stream is dropped.
+    let slot = state.hub.sse_slot().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the hub serves --max-sse-clients event streams already; try again later",
+        )
+    })?;
     let feed = state.hub.subscribe(query.guest.as_deref(), last_event_id);
-    // Counted in `notifyhub_sse_clients` until the stream is dropped.
-    let client = state.hub.metrics().sse_client();
+    let client = (state.hub.metrics().sse_client(), slot);
     let items = stream::unfold((feed, client), |(mut feed, client)| async move {
         let item = feed.next().await;
         Some((Ok(sse_event(&item)), (feed, client)))

@@ -9,9 +9,10 @@
 //!
 //! A single value comes from the first of: the command line, the environment, the file, the
 //! default. Repeatable options (`guest`, `vm`, `hybrid`) add up instead: the command line's (or
-//! else the environment's) entries, then the file's. A switch (`auto-register = true`) is a TOML
-//! boolean, a repeatable option an array (or one value), a number an integer, anything else a
-//! string in the option's command-line syntax:
+//! else the environment's) entries, then the file's. Each value has the TOML type of its option
+//! ([`TomlType`]): a switch (`auto-register = true`) is a boolean, a count or port an integer, a
+//! duration seconds (`300`, `1.5`) or a string with a unit (`"90s"`), anything else a string in the
+//! option's command-line syntax; a repeatable option takes an array of those (or one):
 //!
 //! ```toml
 //! listen = "127.0.0.1:7370"
@@ -21,11 +22,12 @@
 //! auto-register = true
 //! ```
 //!
-//! [`ConfigFile::parse`] checks the file against the options and keeps each value's place, so
-//! that errors, including those found later by [`check`], point at a line and column
-//! ([`FileErrors`]). [`ConfigFile::args`] turns what the file may still set into command-line
-//! arguments for the caller's final parse, which settles precedence with clap's own
-//! [`ValueSource`].
+//! [`ConfigFile::parse_partial`] checks the file against the options and keeps each value's
+//! place, so that errors, including those found later by [`check`], point at a line and column
+//! ([`FileErrors`]). It keeps what passed, so that the checks between options still run on the
+//! rest and one run reports every error it can find. [`ConfigFile::args`] turns what the file may
+//! still set into command-line arguments for the caller's final parse, which settles precedence
+//! with clap's own [`ValueSource`].
 //!
 //! Reloading changes what can change while the hub runs: the guests that came from the file
 //! ([`FileGuests`]) and the options in [`APPLIED_ON_RELOAD`]; [`changed_options`] names the
@@ -34,8 +36,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fmt;
+use std::num::{NonZeroU8, NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
@@ -56,7 +60,8 @@ pub const CONFIG_OPTION: &str = "config";
 pub const ENV_PREFIX: &str = "NOTIFYHUB_";
 
 /// The options (long names) a reload applies; a change to any other needs a restart.
-/// `ready-timeout`, `rate-limit` and `rate-burst` apply to guests registered from then on.
+/// `ready-timeout`, `rate-limit` and `rate-burst` apply to guests registered from then on;
+/// `token-file` is read again on every reload (its file may change, not whether there is one).
 pub const APPLIED_ON_RELOAD: &[&str] = &[
     "guest",
     "vm",
@@ -64,6 +69,7 @@ pub const APPLIED_ON_RELOAD: &[&str] = &[
     "ready-timeout",
     "rate-limit",
     "rate-burst",
+    "token-file",
 ];
 
 /// The environment variable of option `--long`: `NOTIFYHUB_` and the name in upper case, `-` as
@@ -92,6 +98,149 @@ fn kind(arg: &Arg) -> Option<Kind> {
         ArgAction::Append => Some(Kind::Repeated),
         ArgAction::SetTrue => Some(Kind::Switch),
         _ => None,
+    }
+}
+
+/// The TOML type of an option's values in the file (each value of a repeatable option; a switch
+/// is a boolean). It follows the option's value name, then the type its parser produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TomlType {
+    /// An integer: a port, a count (`vsock-port = 7371`).
+    Integer,
+    /// An integer or a float (`rate-limit = 0.5`).
+    Number,
+    /// A duration, value name `DURATION`: seconds as an integer or a float (`300`, `1.5`), or a
+    /// string with a unit ([`parse_duration`]: `"90s"`, `"2m"`).
+    Duration,
+    /// A size, value name `SIZE`: bytes as an integer, or a string with a unit (`"64MiB"`).
+    Size,
+    /// A string in the option's command-line syntax (`listen = "127.0.0.1:7370"`; a file mode,
+    /// value name `MODE`, is an octal string: `socket-mode = "0660"`).
+    String,
+    /// A switch: `true` or `false`.
+    Boolean,
+}
+
+impl TomlType {
+    /// The option's TOML type: a switch is [`Boolean`](Self::Boolean); value names `DURATION`,
+    /// `SIZE` and `MODE` say [`Duration`](Self::Duration), [`Size`](Self::Size) and
+    /// [`String`](Self::String); else an integer or float parser says
+    /// [`Integer`](Self::Integer) or [`Number`](Self::Number), and anything else is a string.
+    pub fn of(arg: &Arg) -> Self {
+        if kind(arg) == Some(Kind::Switch) {
+            return Self::Boolean;
+        }
+        match arg.get_value_names().and_then(|names| names.first()) {
+            Some(name) if name == "DURATION" => return Self::Duration,
+            Some(name) if name == "SIZE" => return Self::Size,
+            Some(name) if name == "MODE" => return Self::String,
+            _ => {}
+        }
+        let parsed = arg.get_value_parser().type_id();
+        let is = |id: std::any::TypeId| parsed == id;
+        use std::any::TypeId as T;
+        let integers = [
+            T::of::<u8>(),
+            T::of::<u16>(),
+            T::of::<u32>(),
+            T::of::<u64>(),
+            T::of::<usize>(),
+            T::of::<i8>(),
+            T::of::<i16>(),
+            T::of::<i32>(),
+            T::of::<i64>(),
+            T::of::<isize>(),
+            T::of::<NonZeroU8>(),
+            T::of::<NonZeroU16>(),
+            T::of::<NonZeroU32>(),
+            T::of::<NonZeroU64>(),
+            T::of::<NonZeroUsize>(),
+        ];
+        if integers.into_iter().any(is) {
+            Self::Integer
+        } else if is(T::of::<f64>()) || is(T::of::<f32>()) {
+            Self::Number
+        } else if is(T::of::<Duration>()) {
+            Self::Duration
+        } else {
+            Self::String
+        }
+    }
+
+    /// What the type is, for messages: `an integer`, `a duration: …`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Integer => "an integer",
+            Self::Number => "a number",
+            Self::Duration => {
+                "a duration: seconds as a number (300, 1.5) or a string with a unit (\"90s\", \
+                 \"1500ms\", \"2m\")"
+            }
+            Self::Size => "a size: bytes as an integer, or a string with a unit (\"64MiB\")",
+            Self::String => "a string",
+            Self::Boolean => "true or false",
+        }
+    }
+
+    /// The command-line text of a TOML value of this type, if it is one.
+    fn text(self, value: &DeValue<'_>) -> Option<String> {
+        match (self, value) {
+            (Self::Boolean, DeValue::Boolean(on)) => Some(on.to_string()),
+            (Self::String | Self::Duration | Self::Size, DeValue::String(text)) => {
+                Some(text.to_string())
+            }
+            (Self::Integer | Self::Number | Self::Duration | Self::Size, DeValue::Integer(n)) => {
+                i128::from_str_radix(n.as_str(), n.radix())
+                    .ok()
+                    .map(|n| n.to_string())
+            }
+            (Self::Number | Self::Duration, DeValue::Float(float)) => {
+                Some(float.as_str().to_owned())
+            }
+            _ => None,
+        }
+    }
+
+    /// Why `value` is not of this type, for option `key`: the type wanted, the type found, and
+    /// how to write it when only the quotes are wrong.
+    fn mismatch(self, key: &str, value: &DeValue<'_>, repeated: bool) -> String {
+        let wanted = match (self, repeated) {
+            (Self::String, true) => "strings (an array, or one)",
+            (Self::Integer, true) => "integers (an array, or one)",
+            (wanted, _) => wanted.describe(),
+        };
+        let found = match value {
+            DeValue::Integer(_) | DeValue::Array(_) => "an",
+            _ => "a",
+        };
+        let mut message = format!("`{key}` takes {wanted}, not {found} {}", value.type_str());
+        // How to write it: the whole line for one value, the element in an array.
+        let write = if repeated {
+            String::new()
+        } else {
+            format!("{key} = ")
+        };
+        match (self, value) {
+            (Self::Integer | Self::Number, DeValue::String(text))
+                if text.trim().parse::<f64>().is_ok() =>
+            {
+                message.push_str(&format!(": write {write}{}, without quotes", text.trim()));
+            }
+            (Self::String, DeValue::Integer(_) | DeValue::Float(_)) => {
+                // As written: an octal 0o660 is the mode "0660".
+                let text = match value {
+                    DeValue::Integer(n) if n.radix() == 10 => Some(n.as_str().to_owned()),
+                    DeValue::Integer(n) if n.radix() == 8 => Some(format!("0{}", n.as_str())),
+                    DeValue::Float(float) => Some(float.as_str().to_owned()),
+                    _ => None,
+                };
+                if let Some(text) = text {
+                    message.push_str(&format!(": write {write}\"{text}\", in quotes"));
+                }
+            }
+            _ => {}
+        }
+        message
     }
 }
 
@@ -233,13 +382,19 @@ struct Entry {
     values: Vec<Value>,
 }
 
-/// A configuration file checked against `serve`'s options: every key is an option, every value
-/// passed that option's parser.
+/// A configuration file checked against `serve`'s options: the keys that are options, with the
+/// values that are of the option's TOML type and passed its parser, and the problems of the rest.
 #[derive(Clone, Debug)]
 pub struct ConfigFile {
     path: PathBuf,
     text: String,
     entries: Vec<Entry>,
+    /// What is wrong with the keys and values left out, and the TOML syntax.
+    problems: Vec<Problem>,
+    /// The keys with a problem (their good values, if any, are in `entries`).
+    faulty: Vec<String>,
+    /// Whether the TOML parser read the whole file (no syntax error).
+    complete: bool,
 }
 
 /// Why a configuration file could not be used.
@@ -263,14 +418,15 @@ pub enum LoadError {
 }
 
 impl ConfigFile {
-    /// Reads and parses the file at `path` ([`ConfigFile::parse`]). A missing file is `Ok(None)`
-    /// unless `explicit` (it was named by `--config` or `NOTIFYHUB_CONFIG`, not the default).
+    /// Reads and parses the file at `path` ([`ConfigFile::parse_partial`]: its problems are in
+    /// [`ConfigFile::problems`]). A missing file is `Ok(None)` unless `explicit` (it was named by
+    /// `--config` or `NOTIFYHUB_CONFIG`, not the default).
     ///
     /// # Errors
-    /// [`LoadError`].
+    /// [`LoadError::Missing`] and [`LoadError::Unreadable`].
     pub fn read(path: &Path, explicit: bool, serve: &Command) -> Result<Option<Self>, LoadError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Ok(Some(Self::parse(path, text, serve)?)),
+            Ok(text) => Ok(Some(Self::parse_partial(path, text, serve))),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                 if explicit {
                     Err(LoadError::Missing(path.to_owned()))
@@ -286,41 +442,78 @@ impl ConfigFile {
     }
 
     /// Parses `text`, the file at `path` (named in errors only), against the options of
-    /// `serve`: each key must be a [`config_key`], each value of the TOML type the option takes
-    /// and accepted by the option's parser.
+    /// `serve`, as [`ConfigFile::parse_partial`] does, and fails on any problem.
     ///
     /// # Errors
     /// [`FileErrors`] with every problem found, each with its place.
     pub fn parse(path: &Path, text: String, serve: &Command) -> Result<Self, FileErrors> {
+        let file = Self::parse_partial(path, text, serve);
+        if file.problems.is_empty() {
+            Ok(file)
+        } else {
+            Err(file.errors(file.problems.clone()))
+        }
+    }
+
+    /// Parses `text`, the file at `path` (named in errors only), against the options of
+    /// `serve`: each key must be a [`config_key`], each value of the option's [`TomlType`] and
+    /// accepted by the option's parser. What fails is left out and its problem kept
+    /// ([`ConfigFile::problems`]), so that the checks between options can still run on the rest.
+    /// After a TOML syntax error, only the first is kept (the parser's next ones follow from it),
+    /// and only the keys before it.
+    pub fn parse_partial(path: &Path, text: String, serve: &Command) -> Self {
         let mut problems = Vec::new();
         let mut entries = Vec::new();
-        match DeTable::parse(&text) {
-            Err(error) => problems.push(Problem {
-                message: error.message().trim_end().to_owned(),
-                span: error.span(),
-            }),
-            Ok(table) => {
-                for (key, value) in table.get_ref() {
-                    match entry(serve, key.get_ref(), key.span(), value) {
-                        Ok(entry) => entries.push(entry),
-                        Err(mut found) => problems.append(&mut found),
-                    }
-                }
+        let mut faulty = Vec::new();
+        let (table, errors) = DeTable::parse_recoverable(&text);
+        let syntax = errors.first().map(|error| Problem {
+            message: error.message().trim_end().to_owned(),
+            span: error.span(),
+        });
+        // Past a syntax error the parser guesses: trust only what ends before it.
+        let trusted_end = syntax.as_ref().map_or(usize::MAX, |problem| {
+            problem.span.as_ref().map_or(0, |span| span.start)
+        });
+        for (key, value) in table.get_ref() {
+            if value.span().end > trusted_end {
+                continue;
             }
+            let (found, mut wrong) = entry(serve, key.get_ref(), key.span(), value);
+            if !wrong.is_empty() {
+                faulty.push(key.get_ref().to_string());
+                problems.append(&mut wrong);
+            }
+            entries.extend(found);
         }
-        if problems.is_empty() {
-            Ok(Self {
-                path: path.to_owned(),
-                text,
-                entries,
-            })
-        } else {
-            Err(FileErrors {
-                path: path.to_owned(),
-                text,
-                problems,
-            })
+        let complete = syntax.is_none();
+        problems.extend(syntax);
+        sort_by_place(&mut problems);
+        entries.sort_by_key(|entry| entry.key.start);
+        Self {
+            path: path.to_owned(),
+            text,
+            entries,
+            problems,
+            faulty,
+            complete,
         }
+    }
+
+    /// What [`ConfigFile::parse_partial`] found wrong, in the order of the file.
+    pub fn problems(&self) -> &[Problem] {
+        &self.problems
+    }
+
+    /// Whether the whole file was read: no TOML syntax error cut it short. Checks between
+    /// options make sense only on a complete file.
+    pub fn is_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// Whether `message` names (as `--NAME`) an option whose key in the file has a problem: an
+    /// error between options that may only come from that value being left out.
+    pub fn names_faulty_option(&self, message: &str) -> bool {
+        self.faulty.iter().any(|key| names_option(message, key))
     }
 
     /// The file's path.
@@ -418,11 +611,17 @@ impl ConfigFile {
         message: &str,
         parses: impl Fn(&Self) -> bool,
     ) -> Option<Range<usize>> {
-        self.option_span(message).or_else(|| {
-            self.keys()
-                .find(|key| parses(&self.without(key)))
-                .and_then(|key| self.key_span(key))
-        })
+        self.error_key(message, parses)
+            .and_then(|key| self.key_span(key))
+    }
+
+    /// The key [`ConfigFile::error_span`] places `message` at.
+    pub fn error_key(&self, message: &str, parses: impl Fn(&Self) -> bool) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|entry| names_option(message, &entry.long))
+            .map(|entry| entry.long.as_str())
+            .or_else(|| self.keys().find(|key| parses(&self.without(key))))
     }
 
     /// The file without key `key`.
@@ -438,14 +637,26 @@ impl ConfigFile {
         }
     }
 
-    /// `problems` as errors of this file.
-    pub fn errors(&self, problems: Vec<Problem>) -> FileErrors {
+    /// `problems` as errors of this file, in the order of the file.
+    pub fn errors(&self, mut problems: Vec<Problem>) -> FileErrors {
+        sort_by_place(&mut problems);
         FileErrors {
             path: self.path.clone(),
             text: self.text.clone(),
             problems,
         }
     }
+}
+
+/// Sorts `problems` by their place in the file; those without one last. The order among
+/// problems at the same place stays.
+fn sort_by_place(problems: &mut [Problem]) {
+    problems.sort_by_key(|problem| {
+        problem
+            .span
+            .as_ref()
+            .map_or((usize::MAX, usize::MAX), |span| (span.start, span.end))
+    });
 }
 
 /// Whether `message` mentions `--long` as a whole option name.
@@ -457,52 +668,43 @@ fn names_option(message: &str, long: &str) -> bool {
     })
 }
 
-/// The option that `key` sets and its values, checked.
+/// The option that `key` sets and its values that passed (if any), and the problems of the rest.
 fn entry(
     serve: &Command,
     key: &str,
     key_span: Range<usize>,
     value: &toml::Spanned<DeValue<'_>>,
-) -> Result<Entry, Vec<Problem>> {
-    let problem = |message: String, span: Range<usize>| {
-        vec![Problem {
-            message,
-            span: Some(span),
-        }]
+) -> (Option<Entry>, Vec<Problem>) {
+    let problem = |message: String, span: Range<usize>| Problem {
+        message,
+        span: Some(span),
     };
     if key == CONFIG_OPTION {
-        return Err(problem(
-            "`config` cannot be set in the configuration file; pass --config FILE".to_owned(),
-            key_span,
-        ));
+        let message = "`config` cannot be set in the configuration file; pass --config FILE";
+        return (None, vec![problem(message.to_owned(), key_span)]);
     }
     let Some(arg) = serve
         .get_arguments()
         .find(|arg| config_key(arg) == Some(key))
     else {
         let known: Vec<&str> = serve.get_arguments().filter_map(config_key).collect();
-        return Err(problem(
-            format!(
-                "unknown key `{key}`: the keys are the long options of `notifyhub serve`: {}",
-                known.join(", ")
-            ),
-            key_span,
-        ));
+        let message = format!(
+            "unknown key `{key}`: the keys are the long options of `notifyhub serve`: {}",
+            known.join(", ")
+        );
+        return (None, vec![problem(message, key_span)]);
     };
     let kind = kind(arg).expect("config_key checked it");
+    let toml_type = TomlType::of(arg);
     let items: Vec<&toml::Spanned<DeValue<'_>>> = match value.get_ref() {
         DeValue::Array(items) if kind == Kind::Repeated => items.iter().collect(),
         DeValue::Array(_) => {
-            return Err(problem(
-                format!("`{key}` takes one value, not an array"),
-                value.span(),
-            ));
+            let message = format!("`{key}` takes one value, not an array");
+            return (None, vec![problem(message, value.span())]);
         }
         DeValue::Table(_) => {
-            return Err(problem(
-                format!("`{key}` takes a value, not a table"),
-                value.span(),
-            ));
+            let message = format!("`{key}` takes a value, not a table");
+            return (None, vec![problem(message, value.span())]);
         }
         _ => vec![value],
     };
@@ -510,63 +712,80 @@ fn entry(
     let mut problems = Vec::new();
     for item in items {
         let span = item.span();
-        match (kind, scalar(item.get_ref())) {
-            (Kind::Switch, Some(Scalar::Bool(on))) => values.push(Value {
-                text: on.to_string(),
-                span,
-            }),
-            (Kind::Switch, _) => {
-                problems.extend(problem(format!("`{key}` is a switch: true or false"), span))
-            }
-            (_, Some(Scalar::Text(text))) => match check_value(arg, &text) {
-                Ok(()) => values.push(Value { text, span }),
-                Err(message) => problems.extend(problem(message, span)),
-            },
-            (_, Some(Scalar::Bool(_))) | (_, None) => problems.extend(problem(
-                format!(
-                    "`{key}` takes {}, not {}",
-                    if kind == Kind::Repeated {
-                        "strings or numbers"
-                    } else {
-                        "a string or a number"
-                    },
-                    item.get_ref().type_str()
-                ),
-                span,
-            )),
+        let Some(text) = toml_type.text(item.get_ref()) else {
+            let message = toml_type.mismatch(key, item.get_ref(), kind == Kind::Repeated);
+            problems.push(problem(message, span));
+            continue;
+        };
+        if kind == Kind::Switch {
+            values.push(Value { text, span });
+            continue;
+        }
+        match check_value(arg, &text) {
+            Ok(()) => values.push(Value { text, span }),
+            Err(message) => problems.push(problem(message, span)),
         }
     }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    Ok(Entry {
+    let entry = (!values.is_empty() || problems.is_empty()).then(|| Entry {
         id: arg.get_id().to_string(),
         long: key.to_owned(),
         kind,
         key: key_span,
         values,
+    });
+    (entry, problems)
+}
+
+/// A clap value parser for an integer from `min` to `max`, both included, whose error says so in
+/// those words (clap's ranged parsers say `not in 1..2000`, Rust's range without its end, which
+/// reads as if 2000 were allowed).
+pub fn integer_in<T>(min: T, max: T) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |text: &str| {
+        text.parse::<T>()
+            .ok()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(|| format!("expected an integer from {min} to {max}, not {text:?}"))
+    }
+}
+
+/// The forms a duration takes on the command line, for help and messages.
+pub const DURATION_FORMS: &str = "90, 1.5, 90s, 1500ms, 2m or 1h30m (a number alone is seconds)";
+
+/// Parses a duration as people type it: a number of seconds (`90`, `1.5`), or numbers with units
+/// as `humantime` reads them (`90s`, `1500ms`, `2m`, `1h 30m`, `1.5h`; `ms`, `s`, `m`, `h`, `d`
+/// and their long names). For `serve --ready-timeout` and the client commands' timeouts.
+///
+/// # Errors
+/// A sentence for clap to show, naming the accepted forms ([`DURATION_FORMS`]).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let plain_number = trimmed.starts_with(|c: char| c.is_ascii_digit())
+        && trimmed.chars().all(|c| c.is_ascii_digit() || c == '.');
+    let parsed = if plain_number {
+        humantime::parse_duration(&format!("{trimmed}s"))
+    } else {
+        humantime::parse_duration(trimmed)
+    };
+    parsed.map_err(|error| {
+        format!("expected a duration such as {DURATION_FORMS}, not {text:?} ({error})")
     })
 }
 
-enum Scalar {
-    /// A string, or a number as decimal text.
-    Text(String),
-    Bool(bool),
-}
-
-fn scalar(value: &DeValue<'_>) -> Option<Scalar> {
-    match value {
-        DeValue::String(text) => Some(Scalar::Text(text.to_string())),
-        DeValue::Integer(integer) => {
-            let digits = integer.as_str();
-            i128::from_str_radix(digits, integer.radix())
-                .ok()
-                .map(|n| Scalar::Text(n.to_string()))
-        }
-        DeValue::Float(float) => Some(Scalar::Text(float.as_str().to_owned())),
-        DeValue::Boolean(on) => Some(Scalar::Bool(*on)),
-        DeValue::Datetime(_) | DeValue::Array(_) | DeValue::Table(_) => None,
+/// [`parse_duration`], for a duration that must be above 0.
+///
+/// # Errors
+/// As [`parse_duration`]; also for a zero duration.
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration.is_zero() {
+        return Err(format!(
+            "expected a duration above 0 (leave the option out for none), not {text:?}"
+        ));
     }
+    Ok(duration)
 }
 
 /// Runs `text` through `arg`'s own value parser; clap's message without its decorations.
@@ -799,7 +1018,8 @@ mod tests {
                 .arg(
                     Arg::new("ready_timeout")
                         .long("ready-timeout")
-                        .value_parser(clap::value_parser!(u64).range(1..)),
+                        .value_name("DURATION")
+                        .value_parser(parse_positive_duration),
                 )
                 .arg(Arg::new("guests").long("guest").action(ArgAction::Append))
                 .arg(
@@ -848,13 +1068,16 @@ mod tests {
             matches.value_source("listen"),
             Some(ValueSource::CommandLine)
         );
-        assert_eq!(matches.get_one::<u64>("ready_timeout"), Some(&30));
+        assert_eq!(
+            matches.get_one::<Duration>("ready_timeout"),
+            Some(&Duration::from_secs(30))
+        );
         assert!(matches.get_flag("auto_register"));
 
         let defaults = merged("", &["serve"]);
         let listen = defaults.get_one::<std::net::SocketAddr>("listen").unwrap();
         assert_eq!(listen.to_string(), "127.0.0.1:7370");
-        assert_eq!(defaults.get_one::<u64>("ready_timeout"), None);
+        assert_eq!(defaults.get_one::<Duration>("ready_timeout"), None);
         assert!(!defaults.get_flag("auto_register"));
 
         let from_file = merged(FILE, &["serve"]);
@@ -914,8 +1137,11 @@ mod tests {
         assert_eq!(
             errors("# comment\nready-timeout = 0\nguest = [\"a\", 7, true]\n"),
             [
-                "2:17: invalid value '0' for '--ready-timeout <ready_timeout>': 0 is not in 1..18446744073709551615",
-                "3:18: `guest` takes strings or numbers, not boolean",
+                "2:17: invalid value '0' for '--ready-timeout <DURATION>': expected a duration \
+                 above 0 (leave the option out for none), not \"0\"",
+                "3:15: `guest` takes strings (an array, or one), not an integer: write \"7\", in \
+                 quotes",
+                "3:18: `guest` takes strings (an array, or one), not a boolean",
             ]
         );
         let unknown = errors("\nlisten = \"127.0.0.1:1\"\n  lisen = 1\n");
@@ -930,7 +1156,7 @@ mod tests {
         assert_eq!(
             errors("auto-register = \"yes\"\nlisten = [\"127.0.0.1:1\"]\n[listen2]\n"),
             [
-                "1:17: `auto-register` is a switch: true or false",
+                "1:17: `auto-register` takes true or false, not a string",
                 "2:10: `listen` takes one value, not an array",
                 "3:2: unknown key `listen2`: the keys are the long options of `notifyhub serve`: \
                  listen, ready-timeout, guest, auto-register",
@@ -944,6 +1170,173 @@ mod tests {
         let syntax = errors("guest = [\"a\"\nlisten = 1\n");
         assert_eq!(syntax.len(), 1);
         assert!(syntax[0].starts_with("2:1: "), "{syntax:?}");
+    }
+
+    #[test]
+    fn toml_types_follow_value_names_then_parsers() {
+        let of = |arg: Arg| TomlType::of(&arg.long("x").action(ArgAction::Set));
+        assert_eq!(
+            of(Arg::new("a").value_parser(clap::value_parser!(u32))),
+            TomlType::Integer
+        );
+        assert_eq!(
+            of(Arg::new("a").value_parser(clap::value_parser!(u64).range(1..10))),
+            TomlType::Integer
+        );
+        assert_eq!(
+            of(Arg::new("a").value_parser(clap::value_parser!(NonZeroU32))),
+            TomlType::Integer
+        );
+        assert_eq!(
+            of(Arg::new("a").value_parser(clap::value_parser!(f64))),
+            TomlType::Number
+        );
+        assert_eq!(
+            of(Arg::new("a").value_parser(parse_duration)),
+            TomlType::Duration
+        );
+        assert_eq!(
+            of(Arg::new("a").value_parser(clap::value_parser!(PathBuf))),
+            TomlType::String
+        );
+        assert_eq!(of(Arg::new("a")), TomlType::String);
+        // The value name overrides the parser's type: a size or a mode is a number with a syntax.
+        let sized = Arg::new("a")
+            .value_name("SIZE")
+            .value_parser(clap::value_parser!(usize));
+        assert_eq!(of(sized), TomlType::Size);
+        let mode = Arg::new("a")
+            .value_name("MODE")
+            .value_parser(clap::value_parser!(u32));
+        assert_eq!(of(mode), TomlType::String);
+        let switch = Arg::new("a").long("x").action(ArgAction::SetTrue);
+        assert_eq!(TomlType::of(&switch), TomlType::Boolean);
+    }
+
+    #[test]
+    fn values_must_have_their_options_toml_type() {
+        let serve = serve()
+            .arg(
+                Arg::new("port")
+                    .long("port")
+                    .value_parser(clap::value_parser!(u16)),
+            )
+            .arg(
+                Arg::new("rate")
+                    .long("rate")
+                    .value_parser(clap::value_parser!(f64)),
+            )
+            .arg(
+                Arg::new("mode")
+                    .long("mode")
+                    .value_name("MODE")
+                    .value_parser(clap::value_parser!(u32)),
+            )
+            .arg(Arg::new("size").long("size").value_name("SIZE"));
+        let errors = |text: &str| -> Vec<String> {
+            let file = ConfigFile::parse_partial(Path::new("t"), text.to_owned(), &serve);
+            file.problems().iter().map(|p| p.message.clone()).collect()
+        };
+        let fine = "port = 7371\nrate = 0.5\nmode = \"0660\"\nsize = \"64MiB\"\nready-timeout = \
+                    \"90s\"\nguest = \"one\"\n";
+        assert_eq!(errors(fine), Vec::<String>::new());
+        assert!(errors("rate = 2\nsize = 1000\nready-timeout = 1.5").is_empty());
+        assert_eq!(
+            errors("port = \"7371\"\nrate = \"0.5\"\nmode = 0o660\nlisten = 7370\nguest = [1.5]"),
+            [
+                "`port` takes an integer, not a string: write port = 7371, without quotes",
+                "`rate` takes a number, not a string: write rate = 0.5, without quotes",
+                "`mode` takes a string, not an integer: write mode = \"0660\", in quotes",
+                "`listen` takes a string, not an integer: write listen = \"7370\", in quotes",
+                "`guest` takes strings (an array, or one), not a float: write \"1.5\", in quotes",
+            ]
+        );
+        assert_eq!(
+            errors("port = 1.5\nready-timeout = true\nsize = 1.5\nport = \"x\""),
+            [
+                "`port` takes an integer, not a float",
+                "`ready-timeout` takes a duration: seconds as a number (300, 1.5) or a string \
+                 with a unit (\"90s\", \"1500ms\", \"2m\"), not a boolean",
+                "`size` takes a size: bytes as an integer, or a string with a unit (\"64MiB\"), \
+                 not a float",
+                "duplicate key",
+            ]
+        );
+    }
+
+    #[test]
+    fn what_passed_is_kept_with_the_problems_of_the_rest() {
+        let text = "guest = [\"a\", 7, \"b\"]\nlisten = \"nowhere\"\nready-timeout = 30\n";
+        let file = ConfigFile::parse_partial(Path::new("t"), text.to_owned(), &serve());
+        assert_eq!(file.problems().len(), 2, "{:?}", file.problems());
+        assert!(file.is_complete());
+        // The good values of a key with a bad one stay; the bad key's option is faulty.
+        assert_eq!(file.keys().collect::<Vec<_>>(), ["guest", "ready-timeout"]);
+        assert_eq!(file.guest_span("b"), Some(17..20));
+        assert!(file.names_faulty_option("--guest needs something"));
+        assert!(file.names_faulty_option("--listen is wrong"));
+        assert!(!file.names_faulty_option("--ready-timeout is wrong"));
+        // A syntax error: only the first error, only the keys before it.
+        let text = "guest = [\"a\"]\nlisen = 1\nvm = [\"x\"\nready-timeout = 30\n";
+        let file = ConfigFile::parse_partial(Path::new("t"), text.to_owned(), &serve());
+        assert!(!file.is_complete());
+        let shown: Vec<String> = file
+            .problems()
+            .iter()
+            .map(|p| {
+                let (line, column) = line_column(text, p.span.clone().unwrap().start);
+                format!("{line}:{column}: {}", p.message)
+            })
+            .collect();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(
+            shown[0].starts_with("2:1: unknown key `lisen`"),
+            "{shown:?}"
+        );
+        assert!(shown[1].starts_with("4:1: "), "{shown:?}");
+        assert_eq!(file.keys().collect::<Vec<_>>(), ["guest"]);
+    }
+
+    #[test]
+    fn integers_in_a_range_say_the_range() {
+        let idle = integer_in(1_u64, 1999);
+        assert_eq!(idle("1"), Ok(1));
+        assert_eq!(idle("1999"), Ok(1999));
+        for bad in ["0", "2000", "-1", "1.5", "x", ""] {
+            assert_eq!(
+                idle(bad),
+                Err(format!("expected an integer from 1 to 1999, not {bad:?}"))
+            );
+        }
+        let arg = Arg::new("a").long("x").value_parser(integer_in(0_u32, 9));
+        assert_eq!(TomlType::of(&arg), TomlType::Integer);
+    }
+
+    #[test]
+    fn durations_as_people_type_them() {
+        let secs = |s: f64| Ok(Duration::from_secs_f64(s));
+        assert_eq!(parse_duration("90"), secs(90.0));
+        assert_eq!(parse_duration("1.5"), secs(1.5));
+        assert_eq!(parse_duration("90s"), secs(90.0));
+        assert_eq!(parse_duration("1500ms"), secs(1.5));
+        assert_eq!(parse_duration("2m"), secs(120.0));
+        assert_eq!(parse_duration("1h 30m"), secs(5400.0));
+        assert_eq!(parse_duration("1.5h"), secs(5400.0));
+        assert_eq!(parse_duration(" 0 "), secs(0.0));
+        for bad in ["", "-1", "5x", "1.2.3", "inf", "s"] {
+            let error = parse_duration(bad).unwrap_err();
+            assert!(
+                error.starts_with(&format!(
+                    "expected a duration such as {DURATION_FORMS}, not {bad:?} ("
+                )),
+                "{bad:?}: {error}"
+            );
+        }
+        assert_eq!(parse_positive_duration("0.5"), secs(0.5));
+        assert_eq!(
+            parse_positive_duration("0s").unwrap_err(),
+            "expected a duration above 0 (leave the option out for none), not \"0s\""
+        );
     }
 
     #[test]

@@ -16,12 +16,24 @@
 //! ids (and the `Last-Event-ID` ring) as they were.
 //!
 //! Tables (schema version [`SCHEMA_VERSION`]):
-//! - `inputs(seq, guest, kind, at, data, fds, bytes)`: one row per input, `seq` the global order;
-//!   `kind` is `register`, `datagram`, `drop`, `timeout` or `remove`; `at` µs since the epoch.
-//! - `applied(seq, events_before, events_after, accepted)`: written after the input was applied:
-//!   the hub event ids around it, and for an accepted datagram its number in the guest's history.
-//!   Replay takes the ids from here, so that rows deleted by retention or by a guest's removal
-//!   leave the other events' ids as they were.
+//! - `inputs(seq, guest, kind, at, data, fds, bytes)`: one row per input, `seq` the global order
+//!   (given by the writer, never used twice, also after the newest rows were pruned); `kind` is
+//!   `register`, `datagram`, `drop`, `timeout` or `remove`; `at` µs since the epoch. A
+//!   registration's `data` holds its reach, readiness timeout and socket mode and owner. No
+//!   index by guest: every row would be a b-tree insert, in as many places as guests send at once.
+//! - `guest_spans(guest, first, last)`: instead, per commit and guest, the first and last `seq`
+//!   of the guest's inputs in it (a span may hold other guests' rows too); retention, removals
+//!   and the replay of a checkpoint's history find a guest's rows through them
+//!   ([`ROWS_OF_GUEST`]). One row per guest per commit, not per input.
+//! - `applied_runs(first, ids)`: written after a commit's inputs were applied, one row per commit
+//!   (with the next commit): for inputs `first`, `first + 1`, … in order, the hub event ids
+//!   around each, and for an accepted datagram its number in the guest's history, as LEB128
+//!   varints (a few bytes per input; [`Ids`]). Replay takes the ids from here, so that rows
+//!   deleted by retention or by a guest's removal leave the other events' ids as they were;
+//!   inputs past the end of the last run (a crash between two commits) are recomputed.
+//!   Schema 1 had a row per input here (`applied(seq, events_before, events_after, accepted)`)
+//!   and an index `inputs_by_guest` instead of spans; [`Journal::open`] migrates such a database
+//!   in one transaction and refuses a newer one.
 //! - `checkpoints(guest, seq, state)`: a guest's whole state after input `seq` (JSON: core's
 //!   [`Guest`], its registration, its accepted count and the hub's last event id); replay starts
 //!   that guest from it and skips its older inputs. Retention writes one before it deletes a
@@ -32,17 +44,27 @@
 //! may lose the commits since the last WAL checkpoint (which syncs the WAL; a thread of its own
 //! runs one every [`CHECKPOINT_INTERVAL`]), never corrupts the database, and replays to the state
 //! of that earlier moment.
+//!
+//! Bounds. Retention (`--retain-days`, `--retain-messages`) runs at start and every
+//! [`PRUNE_INTERVAL`]; `--retain-messages` also as the writer goes: it counts each guest's
+//! datagram rows and prunes a guest that passes the limit by a quarter (at least 64) right
+//! after that commit. The WAL is checkpointed by the writer itself once it passes
+//! [`WAL_SIZE_LIMIT`]. The database is `auto_vacuum = INCREMENTAL`: deleted rows' pages go back
+//! to the file system after the hourly retention, a removal and at shutdown. The database
+//! files are mode 0600 (they hold every datagram), a state directory the journal makes 0700.
+//! Of each datagram's fds only the first is held until it is applied ([`Arrival::Datagram`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use notifyhub_core::{DropReason, Guest, Sender, Timestamp};
+use notifyhub_transport_unix::SocketAccess;
 use rusqlite::{Connection, OptionalExtension as _, Transaction, params};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -61,13 +83,13 @@ pub const DATABASE: &str = "journal.sqlite3";
 pub const LOCK_FILE: &str = "notifyhub.lock";
 
 /// The layout of the tables this version writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Inputs one transaction takes at most.
-pub const MAX_BATCH: usize = 1024;
+pub const MAX_BATCH: usize = 4096;
 
 /// Inputs that may wait for the writer before submitters wait (the queue's bound).
-pub const QUEUE: usize = 4096;
+pub const QUEUE: usize = 8192;
 
 /// How often retention runs (and once at start).
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -85,6 +107,12 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// Most drops one input counts (the writer starts another past it); a row claiming more is
 /// refused at replay, so that a damaged row cannot make it count for minutes.
 const MAX_DROP_COUNT: u64 = 1 << 24;
+
+/// The rows of guest `?1`, as a `FROM … WHERE` clause over `inputs i`: found through its spans
+/// (`CROSS JOIN` keeps SQLite's planner from scanning `inputs` first), as `inputs` has no index
+/// by guest: one would cost a b-tree insert per row, into as many pages as guests send at once.
+const ROWS_OF_GUEST: &str = "guest_spans s CROSS JOIN inputs i ON i.seq BETWEEN s.first AND s.last
+     WHERE s.guest = ?1 AND i.guest = ?1";
 
 /// How long the writer pauses after a failed commit, so that a broken disk does not spin it.
 const FAILURE_PAUSE: Duration = Duration::from_millis(100);
@@ -203,6 +231,8 @@ pub enum Input {
         reach: Reach,
         /// The readiness timeout it was given ([`Hub::set_ready_timeout`]).
         ready_timeout: Option<Duration>,
+        /// Its notify socket's own mode and owner; `None`: the hub's (`--socket-mode`).
+        access: Option<SocketAccess>,
         /// When.
         at: Timestamp,
     },
@@ -377,6 +407,7 @@ fn apply(hub: &Hub, input: Input, publish: Publish) -> Outcome {
             notify_socket,
             reach,
             ready_timeout,
+            access,
             at,
         } => {
             let configured = hub.ready_timeout();
@@ -386,6 +417,9 @@ fn apply(hub: &Hub, input: Input, publish: Publish) -> Outcome {
             let registered = hub.register_with(&name, &notify_socket, reach, at);
             if configured != ready_timeout {
                 hub.set_ready_timeout(configured);
+            }
+            if registered.is_ok() {
+                hub.set_socket_access(&name, access);
             }
             Outcome::Registered(registered)
         }
@@ -423,14 +457,36 @@ impl Hub {
         reach: Reach,
         now: Timestamp,
     ) -> Result<Result<GuestDetail, AlreadyRegistered>, NotStored> {
+        self.accept_registration_with_access(name, notify_socket, reach, None, now)
+            .await
+    }
+
+    /// [`Hub::accept_registration`] of a guest whose notify socket has a mode and owner of its
+    /// own (`access`, stored with it: [`Hub::socket_access`] gives it back after a restart).
+    ///
+    /// # Errors
+    /// As [`Hub::accept_registration`].
+    pub async fn accept_registration_with_access(
+        &self,
+        name: &str,
+        notify_socket: &str,
+        reach: Reach,
+        access: Option<SocketAccess>,
+        now: Timestamp,
+    ) -> Result<Result<GuestDetail, AlreadyRegistered>, NotStored> {
         let Some(writer) = self.journal() else {
-            return Ok(self.register_with(name, notify_socket, reach, now));
+            let registered = self.register_with(name, notify_socket, reach, now);
+            if registered.is_ok() {
+                self.set_socket_access(name, access);
+            }
+            return Ok(registered);
         };
         let input = Input::Register {
             name: name.to_owned(),
             notify_socket: notify_socket.to_owned(),
             reach,
             ready_timeout: self.ready_timeout(),
+            access,
             at: now,
         };
         match writer.submit(input, Vec::new()).await? {
@@ -514,15 +570,16 @@ impl Hub {
                         sender,
                         bytes,
                         fds,
+                        held,
                     } => {
-                        match self.ingest_with(name, at, sender, bytes, fds.len(), Publish::Later) {
+                        match self.ingest_with(name, at, sender, bytes, fds, Publish::Later) {
                             Ok(_) => {}
                             Err(IngestError::Rejected(error)) => {
                                 debug!(guest = name, %error, "datagram rejected");
                             }
                             Err(error) => return Err(error),
                         }
-                        fds_of_batch.push(fds);
+                        fds_of_batch.extend(held);
                     }
                     Arrival::Dropped { reason, count, .. } => {
                         self.record_drops(name, reason, count, Publish::Later)?;
@@ -542,15 +599,16 @@ impl Hub {
                     sender,
                     bytes,
                     fds,
+                    held,
                 } => (
                     Input::Datagram {
                         name: name.to_owned(),
                         at,
                         sender,
                         bytes,
-                        fds: fds.len(),
+                        fds,
                     },
-                    fds,
+                    held.into_iter().collect(),
                 ),
                 Arrival::Dropped { at, reason, count } => (
                     Input::Drop {
@@ -611,7 +669,8 @@ impl Hub {
 /// One input of a guest's receive batch, for [`Hub::accept_batch`].
 #[derive(Debug)]
 pub(crate) enum Arrival {
-    /// A whole datagram, received at `at` from `sender`, and the fds that came with it.
+    /// A whole datagram, received at `at` from `sender`, with `fds` fds, of which only the
+    /// first is still open (`held`).
     Datagram {
         /// When it was received.
         at: Timestamp,
@@ -619,8 +678,15 @@ pub(crate) enum Arrival {
         sender: Sender,
         /// The datagram, exactly.
         bytes: Vec<u8>,
-        /// The fds that came with it, closed once it is stored and published.
-        fds: Vec<OwnedFd>,
+        /// How many fds came with it (the core's and the journal's rules need the exact
+        /// count: `BARRIER=1` takes exactly one, `MAINPIDFD=1` one).
+        fds: usize,
+        /// The first of them, closed once the datagram is stored and published: a `BARRIER=1`
+        /// sender waits for that (`sd_notify_barrier(3)`: exactly one fd). The receive loop
+        /// closes the others at once, so that inputs in flight ([`QUEUE`]) hold one fd each at
+        /// most: holding all of them ran the hub into `RLIMIT_NOFILE`, and the kernel then
+        /// truncated the next datagram's fds (`MSG_CTRUNC`, dropped as `too_many_fds`).
+        held: Option<OwnedFd>,
     },
     /// `count` datagrams in a row dropped for `reason` (by the transport, or the rate limit;
     /// their fds are closed already).
@@ -653,10 +719,46 @@ struct Registration {
     /// `(uds_path, port, cid)`.
     hybrid: Option<(String, u32, u32)>,
     ready_timeout_us: Option<u64>,
+    /// The socket's own mode and owner; absent in rows of schema 1 (which did not keep it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    access: Option<StoredAccess>,
+}
+
+/// A [`SocketAccess`] as a registration row keeps it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+struct StoredAccess {
+    mode: u32,
+    owner: Option<u32>,
+    group: Option<u32>,
+}
+
+impl From<SocketAccess> for StoredAccess {
+    fn from(access: SocketAccess) -> Self {
+        Self {
+            mode: access.mode,
+            owner: access.owner,
+            group: access.group,
+        }
+    }
+}
+
+impl From<StoredAccess> for SocketAccess {
+    fn from(access: StoredAccess) -> Self {
+        Self {
+            mode: access.mode,
+            owner: access.owner,
+            group: access.group,
+        }
+    }
 }
 
 impl Registration {
-    fn new(notify_socket: &str, reach: &Reach, ready_timeout: Option<Duration>) -> Self {
+    fn new(
+        notify_socket: &str,
+        reach: &Reach,
+        ready_timeout: Option<Duration>,
+        access: Option<SocketAccess>,
+    ) -> Self {
         Self {
             notify_socket: notify_socket.to_owned(),
             cid: reach.kernel_cid(),
@@ -665,6 +767,7 @@ impl Registration {
                 .map(|hybrid| (hybrid.uds_path().to_owned(), hybrid.port(), hybrid.cid())),
             ready_timeout_us: ready_timeout
                 .map(|timeout| u64::try_from(timeout.as_micros()).unwrap_or(u64::MAX)),
+            access: access.map(StoredAccess::from),
         }
     }
 
@@ -745,8 +848,11 @@ impl Journal {
             },
         )?;
         let mut connection = open_database(&dir.join(DATABASE))?;
-        let replayed = replay(&mut connection, hub)
+        let started = Instant::now();
+        let (replayed, rows) = replay(&mut connection, hub)
             .with_context(|| format!("cannot replay the journal in {}", dir.display()))?;
+        let elapsed = started.elapsed();
+        let next_seq = next_seq(&connection)?;
         let (commands, queue) = mpsc::unbounded_channel();
         let thread = {
             let hub = hub.clone();
@@ -756,8 +862,10 @@ impl Journal {
                 hub,
                 retention,
                 last_prune: None,
+                next_seq,
                 applied: Vec::new(),
                 removed: Vec::new(),
+                rows,
             };
             std::thread::Builder::new()
                 .name("notifyhub-journal".into())
@@ -773,6 +881,7 @@ impl Journal {
             dir = %dir.display(),
             inputs = replayed.inputs,
             guests = replayed.guests,
+            elapsed_ms = elapsed.as_millis(),
             "journal replayed"
         );
         Ok((
@@ -804,12 +913,55 @@ impl Journal {
     }
 }
 
+/// Creates the database file `path` (and makes it and its `-wal` and `-shm` files, which
+/// SQLite creates with the database's mode) readable by the hub's user only, mode 0600: they
+/// hold every datagram as received.
+fn restrict_files(path: &Path) -> anyhow::Result<()> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create the journal {}", path.display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = Path::new(&file);
+        match std::fs::metadata(file) {
+            Ok(metadata) if metadata.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("cannot make {} mode 0600", file.display()))?;
+            }
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot read {}", file.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The WAL's size kept after a checkpoint (`PRAGMA journal_size_limit`): a burst, or the
+/// one-time `VACUUM` of [`open_database`], grows it, and it shrinks back to this.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
+
 fn open_database(path: &Path) -> anyhow::Result<Connection> {
-    let connection = Connection::open(path)
+    restrict_files(path)?;
+    let mut connection = Connection::open(path)
         .with_context(|| format!("cannot open the journal {}", path.display()))?;
+    let tables: i64 =
+        connection.query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))?;
+    if tables == 0 {
+        // Only possible before the first table: deleted rows' pages can go back to the file
+        // system (`give_back_space`) instead of staying in the file forever.
+        connection.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    }
     connection
         .pragma_update(None, "journal_mode", "WAL")
         .context("cannot switch the journal to WAL")?;
+    connection.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     // The writer's own checkpoints would stall it on their fsyncs: a thread of its own runs
     // them (`Checkpointer`).
@@ -818,13 +970,14 @@ fn open_database(path: &Path) -> anyhow::Result<Connection> {
     if version > SCHEMA_VERSION {
         anyhow::bail!(
             "the journal {} has schema version {version}, newer than this notifyhub's \
-             {SCHEMA_VERSION}",
+             {SCHEMA_VERSION}: it was written by a newer notifyhub; run that one, or move the \
+             state directory away to start afresh",
             path.display()
         );
     }
-    connection.execute_batch(
-        "BEGIN;
-         CREATE TABLE IF NOT EXISTS inputs (
+    let transaction = connection.transaction()?;
+    transaction.execute_batch(
+        "CREATE TABLE IF NOT EXISTS inputs (
              seq INTEGER PRIMARY KEY,
              guest TEXT NOT NULL,
              kind TEXT NOT NULL,
@@ -833,22 +986,109 @@ fn open_database(path: &Path) -> anyhow::Result<Connection> {
              fds INTEGER NOT NULL DEFAULT 0,
              bytes BLOB
          );
-         CREATE INDEX IF NOT EXISTS inputs_by_guest ON inputs (guest, seq);
-         CREATE TABLE IF NOT EXISTS applied (
-             seq INTEGER PRIMARY KEY,
-             events_before INTEGER NOT NULL,
-             events_after INTEGER NOT NULL,
-             accepted INTEGER
+         CREATE TABLE IF NOT EXISTS guest_spans (
+             guest TEXT NOT NULL,
+             first INTEGER NOT NULL,
+             last INTEGER NOT NULL,
+             PRIMARY KEY (guest, first)
+         ) WITHOUT ROWID;
+         CREATE TABLE IF NOT EXISTS applied_runs (
+             first INTEGER PRIMARY KEY,
+             ids BLOB NOT NULL
          );
          CREATE TABLE IF NOT EXISTS checkpoints (
              guest TEXT PRIMARY KEY,
              seq INTEGER NOT NULL,
              state TEXT NOT NULL
-         );
-         PRAGMA user_version = 1;
-         COMMIT;",
+         );",
     )?;
+    if version == 1 {
+        let runs = migrate_applied_rows(&transaction)
+            .with_context(|| format!("cannot migrate the journal {}", path.display()))?;
+        // Spans of at most 4096 `seq`s, as the writer's commits make them.
+        transaction.execute_batch(
+            "INSERT INTO guest_spans (guest, first, last)
+                 SELECT guest, min(seq), max(seq) FROM inputs GROUP BY guest, seq >> 12;
+             DROP INDEX IF EXISTS inputs_by_guest;",
+        )?;
+        info!(path = %path.display(), runs, "journal migrated from schema 1 to 2");
+    }
+    transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    transaction.commit()?;
+    vacuum_once(&connection, path)?;
     Ok(connection)
+}
+
+/// Turns on `auto_vacuum = INCREMENTAL` in a database made without it (by a notifyhub before
+/// it), which takes a `VACUUM`, a copy of the whole database: only when most of the file is
+/// free pages (a flood that retention pruned), so that the copy is small and the space comes
+/// back. Other such databases reuse their free pages for new rows and are left as they are.
+fn vacuum_once(connection: &Connection, path: &Path) -> anyhow::Result<()> {
+    let pragma = |name: &str| -> rusqlite::Result<i64> {
+        connection.pragma_query_value(None, name, |row| row.get(0))
+    };
+    // 0: none, 1: full, 2: incremental.
+    if pragma("auto_vacuum")? != 0 {
+        return Ok(());
+    }
+    let (pages, free) = (pragma("page_count")?, pragma("freelist_count")?);
+    if free * 2 <= pages {
+        return Ok(());
+    }
+    let started = Instant::now();
+    connection.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    connection
+        .execute_batch("VACUUM")
+        .with_context(|| format!("cannot vacuum the journal {}", path.display()))?;
+    info!(
+        path = %path.display(),
+        pages,
+        free,
+        elapsed_ms = started.elapsed().as_millis(),
+        "journal vacuumed: its free pages go back to the file system from now on"
+    );
+    Ok(())
+}
+
+/// Schema 1 → 2: folds the `applied` table (a row per input) into `applied_runs` (a row per run
+/// of consecutive inputs, at most [`MAX_BATCH`] each) and drops it. Returns the runs written.
+fn migrate_applied_rows(transaction: &Transaction<'_>) -> anyhow::Result<usize> {
+    let mut rows = Vec::new();
+    {
+        let mut statement = transaction.prepare(
+            "SELECT seq, events_before, events_after, accepted FROM applied ORDER BY seq",
+        )?;
+        let mut query = statement.query([])?;
+        while let Some(row) = query.next()? {
+            rows.push(Applied {
+                seq: row.get(0)?,
+                ids: Ids {
+                    events_before: u64::try_from(row.get::<_, i64>(1)?)?,
+                    events_after: u64::try_from(row.get::<_, i64>(2)?)?,
+                    accepted: row
+                        .get::<_, Option<i64>>(3)?
+                        .map(u64::try_from)
+                        .transpose()?,
+                },
+            });
+        }
+    }
+    let runs = store_runs(transaction, &rows)?;
+    transaction.execute_batch("DROP TABLE applied;")?;
+    Ok(runs)
+}
+
+/// The `seq` the writer gives its next input: past every `seq` used before, also one whose
+/// row retention deleted (a checkpoint or a run of ids still names it).
+fn next_seq(connection: &Connection) -> rusqlite::Result<i64> {
+    let newest: Option<i64> = connection.query_row(
+        "SELECT max(seq) FROM (SELECT max(seq) AS seq FROM inputs
+             UNION ALL SELECT max(seq) FROM checkpoints
+             UNION ALL SELECT max(first) FROM applied_runs)",
+        [],
+        |row| row.get(0),
+    )?;
+    Ok(newest.unwrap_or(0) + 1)
 }
 
 fn decode(
@@ -867,6 +1107,7 @@ fn decode(
             Input::Register {
                 reach: registration.reach()?,
                 ready_timeout: registration.ready_timeout_us.map(Duration::from_micros),
+                access: registration.access.map(SocketAccess::from),
                 notify_socket: registration.notify_socket,
                 name: guest,
                 at,
@@ -904,21 +1145,25 @@ fn to_sql_time(at: Timestamp) -> i64 {
     i64::try_from(at.as_micros()).unwrap_or(i64::MAX)
 }
 
-fn insert(transaction: &Transaction<'_>, input: &Input) -> rusqlite::Result<i64> {
+/// Stores `input` as row `seq`.
+fn insert(transaction: &Transaction<'_>, seq: i64, input: &Input) -> rusqlite::Result<()> {
     let mut statement = transaction.prepare_cached(
-        "INSERT INTO inputs (guest, kind, at, data, fds, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO inputs (seq, guest, kind, at, data, fds, bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     let (data, fds, bytes): (Option<String>, i64, Option<&[u8]>) = match input {
         Input::Register {
             notify_socket,
             reach,
             ready_timeout,
+            access,
             ..
         } => (
             Some(json(&Registration::new(
                 notify_socket,
                 reach,
                 *ready_timeout,
+                *access,
             ))),
             0,
             None,
@@ -944,6 +1189,7 @@ fn insert(transaction: &Transaction<'_>, input: &Input) -> rusqlite::Result<i64>
         Input::Timeout { .. } | Input::Remove { .. } => (None, 0, None),
     };
     statement.execute(params![
+        seq,
         input.guest(),
         input.kind(),
         to_sql_time(input.at()),
@@ -951,7 +1197,7 @@ fn insert(transaction: &Transaction<'_>, input: &Input) -> rusqlite::Result<i64>
         fds,
         bytes
     ])?;
-    Ok(transaction.last_insert_rowid())
+    Ok(())
 }
 
 /// A drop row's `data`: the reason as a JSON string for one datagram (as schema 1 always
@@ -972,7 +1218,12 @@ fn json<T: Serialize + ?Sized>(value: &T) -> String {
 ///
 /// The inputs apply in [`Hub::replaying`] mode: they are neither logged as events of now nor
 /// counted in the metrics again; [`Journal::open`] logs one summary line instead.
-fn replay(connection: &mut Connection, hub: &Hub) -> anyhow::Result<Replayed> {
+///
+/// Also returns how many rows each guest has (for [`WriterThread::rows`]).
+fn replay(
+    connection: &mut Connection,
+    hub: &Hub,
+) -> anyhow::Result<(Replayed, HashMap<String, u64>)> {
     let _replaying = hub.replaying();
     let mut replayed = Replayed::default();
     let configured_timeout = hub.ready_timeout();
@@ -980,14 +1231,19 @@ fn replay(connection: &mut Connection, hub: &Hub) -> anyhow::Result<Replayed> {
     let mut starts: HashMap<String, i64> = HashMap::new();
     // Restored in `seq` order among the inputs, so that every event id comes out as it was.
     let mut pending = VecDeque::new();
+    let mut missing = Vec::new();
+    // Guests with inputs replayed, to publish once at the end.
+    let mut touched: HashSet<String> = HashSet::new();
+    let mut rows_of: HashMap<String, u64> = HashMap::new();
     {
+        let connection = &*connection;
+        let mut ids = RunLookup::new(connection)?;
         let mut checkpoints =
             connection.prepare("SELECT guest, seq, state FROM checkpoints ORDER BY seq")?;
-        let mut records = connection.prepare(
-            "SELECT i.at, i.data, i.fds, i.bytes, a.accepted FROM inputs i JOIN applied a USING (seq)
-             WHERE i.guest = ?1 AND i.kind = 'datagram' AND i.seq <= ?2 AND a.accepted IS NOT NULL
-             ORDER BY i.seq DESC LIMIT ?3",
-        )?;
+        let mut records = connection.prepare(&format!(
+            "SELECT i.seq, i.at, i.data, i.fds, i.bytes FROM {ROWS_OF_GUEST}
+             AND s.first <= ?2 AND i.kind = 'datagram' AND i.seq <= ?2 ORDER BY i.seq DESC"
+        ))?;
         let rows = checkpoints.query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,
@@ -999,62 +1255,58 @@ fn replay(connection: &mut Connection, hub: &Hub) -> anyhow::Result<Replayed> {
             let (name, seq, state) = row?;
             let state: CheckpointState = serde_json::from_str(&state)
                 .with_context(|| format!("bad checkpoint of guest {name:?}"))?;
-            let limit = i64::try_from(history).unwrap_or(i64::MAX);
-            let mut kept = records
-                .query_map(params![name, seq, limit], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, String>(1)?,
-                        row.get::<_, i64>(2)?,
-                        row.get::<_, Option<Vec<u8>>>(3)?,
-                        row.get::<_, i64>(4)?,
-                    ))
-                })?
-                .map(|row| -> anyhow::Result<Record> {
-                    let (at, sender, fds, bytes, accepted) = row?;
-                    Ok(Record {
-                        seq: u64::try_from(accepted)?,
-                        received_at: Timestamp::from_micros(u64::try_from(at)?),
-                        sender: serde_json::from_str(&sender)?,
-                        fds: usize::try_from(fds)?,
-                        bytes: bytes.unwrap_or_default().into(),
-                    })
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            // Its newest accepted datagrams up to the checkpoint, newest first.
+            let mut kept = Vec::new();
+            let mut rows = records.query(params![name, seq])?;
+            while kept.len() < history {
+                let Some(row) = rows.next()? else { break };
+                let Some(accepted) = ids.get(row.get(0)?)?.and_then(|ids| ids.accepted) else {
+                    continue; // Rejected by the core: not in the history.
+                };
+                kept.push(Record {
+                    seq: accepted,
+                    received_at: Timestamp::from_micros(u64::try_from(row.get::<_, i64>(1)?)?),
+                    sender: serde_json::from_str(&row.get::<_, String>(2)?)?,
+                    fds: usize::try_from(row.get::<_, i64>(3)?)?,
+                    bytes: row.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default().into(),
+                });
+            }
             kept.reverse();
             starts.insert(name.clone(), seq);
             pending.push_back((seq, name, state, kept));
         }
-    }
-    let mut restore_up_to = |seq: i64| -> anyhow::Result<()> {
-        while pending.front().is_some_and(|(start, ..)| *start < seq) {
-            let Some((_, name, state, kept)) = pending.pop_front() else {
-                break;
-            };
-            hub.resume_event_ids(state.events_after);
-            let reach = state.registration.reach()?;
-            let socket = &state.registration.notify_socket;
-            hub.restore(&name, state.guest, socket, reach, state.accepted, kept);
-            replayed.checkpoints += 1;
-        }
-        Ok(())
-    };
-    let mut missing = Vec::new();
-    {
-        let mut statement = connection.prepare(
-            "SELECT i.seq, i.guest, i.kind, i.at, i.data, i.fds, i.bytes,
-                    a.events_before, a.events_after
-             FROM inputs i LEFT JOIN applied a USING (seq) ORDER BY i.seq",
-        )?;
+        let mut restore_up_to = |seq: i64| -> anyhow::Result<()> {
+            while pending.front().is_some_and(|(start, ..)| *start < seq) {
+                let Some((_, name, state, kept)) = pending.pop_front() else {
+                    break;
+                };
+                hub.resume_event_ids(state.events_after);
+                let reach = state.registration.reach()?;
+                let socket = &state.registration.notify_socket;
+                hub.restore(&name, state.guest, socket, reach, state.accepted, kept);
+                let access = state.registration.access.map(SocketAccess::from);
+                hub.set_socket_access(&name, access);
+                replayed.checkpoints += 1;
+            }
+            Ok(())
+        };
+        let mut statement = connection
+            .prepare("SELECT seq, guest, kind, at, data, fds, bytes FROM inputs ORDER BY seq")?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
             let guest: String = row.get(1)?;
             let seq: i64 = row.get(0)?;
+            match rows_of.get_mut(&guest) {
+                Some(count) => *count += 1,
+                None => {
+                    rows_of.insert(guest.clone(), 1);
+                }
+            }
+            let kind: String = row.get(2)?;
             restore_up_to(seq)?;
             if starts.get(&guest).is_some_and(|&start| seq <= start) {
                 continue;
             }
-            let kind: String = row.get(2)?;
             let input = decode(
                 guest,
                 &kind,
@@ -1065,34 +1317,41 @@ fn replay(connection: &mut Connection, hub: &Hub) -> anyhow::Result<Replayed> {
             )
             .with_context(|| format!("bad input row {seq}"))?;
             // The ids around it, as it was applied: events of deleted rows are not replayed.
-            let recorded: Option<(i64, i64)> = row.get::<_, Option<i64>>(7)?.zip(row.get(8)?);
-            if let Some((before, _)) = recorded {
-                hub.resume_event_ids(u64::try_from(before)?);
+            let recorded = ids.get(seq)?;
+            if let Some(recorded) = recorded {
+                hub.resume_event_ids(recorded.events_before);
             }
             let before = hub.last_event_id();
-            let outcome = apply(hub, input, Publish::Now);
+            if !touched.contains(input.guest()) {
+                touched.insert(input.guest().to_owned());
+            }
+            // Published once at the end: a snapshot per input is most of a replay's time.
+            let outcome = apply(hub, input, Publish::Later);
             match recorded {
-                Some((_, after)) => hub.resume_event_ids(u64::try_from(after)?),
+                Some(recorded) => hub.resume_event_ids(recorded.events_after),
                 None => missing.push(Applied {
                     seq,
-                    events_before: before,
-                    events_after: hub.last_event_id(),
-                    accepted: accepted(&outcome),
+                    ids: Ids {
+                        events_before: before,
+                        events_after: hub.last_event_id(),
+                        accepted: accepted(&outcome),
+                    },
                 }),
             }
             replayed.inputs += 1;
         }
+        restore_up_to(i64::MAX)?;
     }
-    restore_up_to(i64::MAX)?;
+    for name in &touched {
+        hub.publish(name);
+    }
     hub.set_ready_timeout(configured_timeout);
     // Inputs of the last batch before a crash were stored but their ids were not: store them.
     let transaction = connection.transaction()?;
-    for applied in &missing {
-        applied.insert(&transaction)?;
-    }
+    store_runs(&transaction, &missing)?;
     transaction.commit()?;
     replayed.guests = hub.guests().guests.len();
-    Ok(replayed)
+    Ok((replayed, rows_of))
 }
 
 fn accepted(outcome: &Outcome) -> Option<u64> {
@@ -1102,28 +1361,151 @@ fn accepted(outcome: &Outcome) -> Option<u64> {
     }
 }
 
-/// A row of `applied`.
-#[derive(Debug)]
-struct Applied {
-    seq: i64,
+/// What applying one input gave, as a run of `applied_runs` keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ids {
+    /// The hub's last event id before the input.
     events_before: u64,
+    /// The hub's last event id after it.
     events_after: u64,
+    /// For an accepted datagram, its number in the guest's history (1 for the first).
     accepted: Option<u64>,
 }
 
-impl Applied {
-    fn insert(&self, transaction: &Transaction<'_>) -> rusqlite::Result<()> {
-        let mut statement = transaction.prepare_cached(
-            "INSERT OR REPLACE INTO applied (seq, events_before, events_after, accepted)
-             VALUES (?1, ?2, ?3, ?4)",
+/// Input `seq`'s [`Ids`], until they are stored ([`store_runs`]).
+#[derive(Clone, Copy, Debug)]
+struct Applied {
+    seq: i64,
+    ids: Ids,
+}
+
+/// Stores `applied` (in `seq` order) as rows of `applied_runs`, one per run of consecutive
+/// inputs (at most [`MAX_BATCH`] each). Returns how many rows it wrote.
+fn store_runs(transaction: &Transaction<'_>, applied: &[Applied]) -> rusqlite::Result<usize> {
+    let mut statement = transaction
+        .prepare_cached("INSERT OR REPLACE INTO applied_runs (first, ids) VALUES (?1, ?2)")?;
+    let mut runs = 0;
+    let mut rest = applied;
+    while let Some(first) = rest.first() {
+        let mut len = 1;
+        while len < rest.len().min(MAX_BATCH)
+            && rest[len].seq == rest[len - 1].seq + 1
+            && rest[len].ids.events_before >= rest[len - 1].ids.events_after
+        {
+            len += 1;
+        }
+        let (run, after) = rest.split_at(len);
+        statement.execute(params![first.seq, encode_run(run)])?;
+        runs += 1;
+        rest = after;
+    }
+    Ok(runs)
+}
+
+/// A run's `ids`: per input, three LEB128 varints: the event ids skipped since the previous
+/// input of the run (for the first, the last id before it), the events it caused, and its
+/// accepted number (0: none). Each input's ids must not be below the previous one's.
+fn encode_run(run: &[Applied]) -> Vec<u8> {
+    let mut blob = Vec::with_capacity(run.len() * 4);
+    let mut last = 0;
+    for Applied { ids, .. } in run {
+        // Never below: `store_runs` starts a new run rather (and ids never go back).
+        put_varint(&mut blob, ids.events_before.saturating_sub(last));
+        put_varint(
+            &mut blob,
+            ids.events_after.saturating_sub(ids.events_before),
+        );
+        put_varint(&mut blob, ids.accepted.unwrap_or(0));
+        last = ids.events_after;
+    }
+    blob
+}
+
+/// The [`Ids`] of a run's inputs, in order ([`encode_run`]).
+fn decode_run(mut blob: &[u8]) -> anyhow::Result<Vec<Ids>> {
+    let mut run = Vec::with_capacity(blob.len() / 3);
+    let mut last: u64 = 0;
+    while !blob.is_empty() {
+        let mut next = || take_varint(&mut blob).context("a truncated or oversized varint");
+        let events_before = last.checked_add(next()?).context("an event id past 2^64")?;
+        let events_after = events_before
+            .checked_add(next()?)
+            .context("an event id past 2^64")?;
+        let accepted = Some(next()?).filter(|&number| number > 0);
+        run.push(Ids {
+            events_before,
+            events_after,
+            accepted,
+        });
+        last = events_after;
+    }
+    Ok(run)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value & 0x7f) as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads one LEB128 varint off the front of `bytes`; `None` if it is cut off or over 64 bits.
+fn take_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value = 0;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = bytes.split_first()?;
+        *bytes = rest;
+        if shift == 63 && byte > 1 {
+            return None;
+        }
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Finds an input's [`Ids`] in `applied_runs` (the run with the greatest `first` at or below
+/// its `seq`), keeping the last run read: inputs in `seq` order read each run once.
+struct RunLookup<'c> {
+    statement: rusqlite::Statement<'c>,
+    run: Option<(i64, Vec<Ids>)>,
+}
+
+impl<'c> RunLookup<'c> {
+    fn new(connection: &'c Connection) -> rusqlite::Result<Self> {
+        let statement = connection.prepare(
+            "SELECT first, ids FROM applied_runs WHERE first <= ?1 ORDER BY first DESC LIMIT 1",
         )?;
-        statement.execute(params![
-            self.seq,
-            self.events_before as i64,
-            self.events_after as i64,
-            self.accepted.map(|seq| seq as i64)
-        ])?;
-        Ok(())
+        Ok(Self {
+            statement,
+            run: None,
+        })
+    }
+
+    /// Input `seq`'s ids; `None` when they were never stored.
+    fn get(&mut self, seq: i64) -> anyhow::Result<Option<Ids>> {
+        let index = |run: &(i64, Vec<Ids>)| {
+            usize::try_from(seq - run.0)
+                .ok()
+                .filter(|&index| index < run.1.len())
+        };
+        if self.run.as_ref().and_then(index).is_none() {
+            let found = self
+                .statement
+                .query_row([seq], |row| Ok((row.get(0)?, row.get::<_, Vec<u8>>(1)?)))
+                .optional()?;
+            self.run = match found {
+                Some((first, blob)) => Some((
+                    first,
+                    decode_run(&blob).with_context(|| format!("bad ids of the run at {first}"))?,
+                )),
+                None => None,
+            };
+        }
+        Ok(self.run.as_ref().and_then(|run| Some(run.1[index(run)?])))
     }
 }
 
@@ -1191,12 +1573,19 @@ struct WriterThread {
     hub: Hub,
     retention: Retention,
     last_prune: Option<Instant>,
+    /// The `seq` of the next input stored ([`next_seq`]).
+    next_seq: i64,
     /// Ids of inputs applied since the last commit (replay recomputes them if they are lost:
     /// no row is deleted before they are stored).
     applied: Vec<Applied>,
     /// Guests removed since the last commit, with their removal's `seq`: their history goes
     /// in the commit that stores the removal's ids.
     removed: Vec<(String, i64)>,
+    /// How many rows each guest has now (counted by the replay, then as they are stored):
+    /// `--retain-messages` applies as the writer goes ([`WriterThread::prune_over_limit`]),
+    /// not only at the hourly retention. All kinds count, so that a guest whose datagrams are
+    /// all dropped (a row per receive batch) is bounded too: pruning keeps only datagrams.
+    rows: HashMap<String, u64>,
 }
 
 /// Runs `PRAGMA wal_checkpoint(PASSIVE)` every [`CHECKPOINT_INTERVAL`] on a connection of its
@@ -1286,9 +1675,12 @@ impl WriterThread {
                 self.record();
             }
             if close {
+                give_back_space(&self.connection);
                 break;
             }
+            self.prune_over_limit();
             self.prune_if_due();
+            self.bound_wal();
         }
         drop(checkpointer);
         debug!("journal writer stopped");
@@ -1307,7 +1699,10 @@ impl WriterThread {
         match recorded {
             Ok(()) => {
                 self.applied.clear();
-                self.removed.clear();
+                if !self.removed.is_empty() {
+                    self.removed.clear();
+                    give_back_space(&self.connection);
+                }
             }
             Err(error) => warn!(%error, "cannot record applied inputs; trying again later"),
         }
@@ -1323,23 +1718,44 @@ impl WriterThread {
             return;
         }
         let started = Instant::now();
+        let first = self.next_seq;
         let stored = (|| {
             let transaction = self.connection.transaction()?;
-            let seqs = batch
-                .inputs
-                .iter()
-                .map(|(input, _, _)| insert(&transaction, input))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut spans: HashMap<&str, (i64, i64)> = HashMap::new();
+            for (seq, (input, _, _)) in (first..).zip(&batch.inputs) {
+                insert(&transaction, seq, input)?;
+                spans
+                    .entry(input.guest())
+                    .and_modify(|(_, last)| *last = seq)
+                    .or_insert((seq, seq));
+            }
+            let mut statement = transaction.prepare_cached(
+                "INSERT INTO guest_spans (guest, first, last) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (guest, first) DO UPDATE SET last = max(last, excluded.last)",
+            )?;
+            for (guest, (first, last)) in spans {
+                statement.execute(params![guest, first, last])?;
+            }
+            drop(statement);
             bookkeeping(&transaction, &self.applied, &self.removed)?;
-            transaction.commit()?;
-            Ok::<_, rusqlite::Error>(seqs)
+            transaction.commit()
         })();
-        let seqs = match stored {
-            Ok(seqs) => {
+        match stored {
+            Ok(()) => {
                 self.hub.metrics().observe_store_write(started.elapsed());
                 self.applied.clear();
                 self.removed.clear();
-                seqs
+                self.next_seq += i64::try_from(batch.len()).unwrap_or(i64::MAX);
+                for (input, _, _) in &batch.inputs {
+                    let name = input.guest();
+                    if let Input::Remove { .. } = input {
+                        self.rows.remove(name);
+                    } else if let Some(count) = self.rows.get_mut(name) {
+                        *count += 1;
+                    } else {
+                        self.rows.insert(name.to_owned(), 1);
+                    }
+                }
             }
             Err(error) => {
                 error!(%error, inputs = batch.len(), "cannot store inputs; refusing them");
@@ -1357,11 +1773,11 @@ impl WriterThread {
                 std::thread::sleep(FAILURE_PAUSE);
                 return;
             }
-        };
+        }
         // Guests whose new state is not published yet, in the order they were first touched.
         let mut unpublished: Vec<String> = Vec::new();
         let mut done = Vec::with_capacity(batch.len());
-        for ((input, fds, reply), seq) in batch.inputs.drain(..).zip(seqs) {
+        for ((input, fds, reply), seq) in batch.inputs.drain(..).zip(first..) {
             let events_before = self.hub.last_event_id();
             let name = input.guest().to_owned();
             let removal = matches!(input, Input::Remove { .. });
@@ -1375,9 +1791,11 @@ impl WriterThread {
             }
             self.applied.push(Applied {
                 seq,
-                events_before,
-                events_after: self.hub.last_event_id(),
-                accepted: accepted(&outcome),
+                ids: Ids {
+                    events_before,
+                    events_after: self.hub.last_event_id(),
+                    accepted: accepted(&outcome),
+                },
             });
             if removal {
                 self.removed.push((name, seq));
@@ -1402,6 +1820,89 @@ impl WriterThread {
         }
     }
 
+    /// Checkpoints the WAL from the writer itself once it is over [`WAL_SIZE_LIMIT`]. The
+    /// checkpointer thread's checkpoints never catch up with a writer that commits all the
+    /// time (a flood: hundreds of commits a second), and SQLite starts the WAL over only after
+    /// a checkpoint that took every frame: without this the WAL grew by about 170 MB/s under a
+    /// 4 KiB flood. Between two batches nothing is written, so this one takes every frame
+    /// (most of them copied by the checkpointer already), the next commit starts the WAL over,
+    /// and `journal_size_limit` truncates the file. The writer waits for its fsyncs once per
+    /// [`WAL_SIZE_LIMIT`] of WAL.
+    fn bound_wal(&mut self) {
+        let mut wal = self.path.as_os_str().to_owned();
+        wal.push("-wal");
+        let size = std::fs::metadata(&wal).map_or(0, |metadata| metadata.len());
+        if size <= WAL_SIZE_LIMIT.unsigned_abs() {
+            return;
+        }
+        let checkpoint = self
+            .connection
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                row.get::<_, i64>(0)
+            });
+        if let Err(error) = checkpoint {
+            warn!(%error, "WAL checkpoint failed");
+        }
+    }
+
+    /// Prunes each guest whose rows exceed `--retain-messages` by [`over_limit`]'s
+    /// margin down to the limit (checkpoint and delete, as retention does, without its scan of
+    /// every row), so that a flooding guest's rows stay bounded between the hourly runs. Runs
+    /// between batches, when the hub holds every stored input.
+    fn prune_over_limit(&mut self) {
+        let Some(max) = self.retention.max_messages else {
+            return;
+        };
+        let mut over: Vec<String> = self
+            .rows
+            .iter()
+            .filter(|&(_, &count)| count > over_limit(max))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if over.is_empty() {
+            return;
+        }
+        // Pruning deletes rows: the ids of those after them must be stored first.
+        self.record();
+        if !self.applied.is_empty() {
+            return;
+        }
+        over.sort();
+        let retention = Retention {
+            max_age: None,
+            ..self.retention
+        };
+        for name in over {
+            let pruned = prune_guest(&mut self.connection, &self.hub, &name, retention, None)
+                .and_then(|oldest| match oldest {
+                    Some(oldest) => {
+                        delete_empty_runs(&self.connection, oldest)?;
+                        count_rows(&self.connection, &name).map(Some)
+                    }
+                    None => Ok(None),
+                });
+            match pruned {
+                Ok(Some(count)) => {
+                    debug!(
+                        guest = name,
+                        kept = count,
+                        "journal pruned to --retain-messages"
+                    );
+                    self.rows.insert(name, count);
+                }
+                Ok(None) => {
+                    // Removed (its rows go with the removal).
+                    self.rows.remove(&name);
+                }
+                Err(error) => {
+                    warn!(guest = name, %error, "cannot prune the journal");
+                    // Not again after every batch: at the next hourly retention.
+                    self.rows.insert(name, 0);
+                }
+            }
+        }
+    }
+
     fn prune_if_due(&mut self) {
         if self
             .last_prune
@@ -1422,7 +1923,14 @@ impl WriterThread {
             clock::now(),
         ) {
             Ok(0) => {}
-            Ok(guests) => info!(guests, "journal pruned"),
+            Ok(guests) => {
+                info!(guests, "journal pruned");
+                match rows_per_guest(&self.connection) {
+                    Ok(rows) => self.rows = rows,
+                    Err(error) => warn!(%error, "cannot count the journal's rows"),
+                }
+                give_back_space(&self.connection);
+            }
             Err(error) => warn!(%error, "cannot prune the journal"),
         }
     }
@@ -1447,27 +1955,74 @@ fn bookkeeping(
     applied: &[Applied],
     removed: &[(String, i64)],
 ) -> rusqlite::Result<()> {
-    for applied in applied {
-        applied.insert(transaction)?;
-    }
+    store_runs(transaction, applied)?;
     for (name, seq) in removed {
         purge(transaction, name, *seq)?;
     }
     Ok(())
 }
 
-/// Deletes every row of removed guest `name` before its removal (input `seq`).
+/// Deletes every row of removed guest `name` before its removal (input `seq`). Their ids stay
+/// in their runs until retention finds a run with no input left ([`prune`]).
 fn purge(transaction: &Transaction<'_>, name: &str, seq: i64) -> rusqlite::Result<()> {
     transaction.execute(
-        "DELETE FROM applied WHERE seq IN (SELECT seq FROM inputs WHERE guest = ?1 AND seq < ?2)",
+        &format!(
+            "DELETE FROM inputs WHERE seq IN (SELECT i.seq FROM {ROWS_OF_GUEST} AND i.seq < ?2)"
+        ),
         params![name, seq],
     )?;
     transaction.execute(
-        "DELETE FROM inputs WHERE guest = ?1 AND seq < ?2",
+        "DELETE FROM guest_spans WHERE guest = ?1 AND last < ?2",
         params![name, seq],
     )?;
     transaction.execute("DELETE FROM checkpoints WHERE guest = ?1", params![name])?;
     Ok(())
+}
+
+/// How many rows guest `name` may have before the writer prunes it down to `max` datagrams
+/// (`--retain-messages`): a quarter more, at least 64, so that a flood prunes once per
+/// `max / 4` inputs, not after each batch.
+const fn over_limit(max: u64) -> u64 {
+    let margin = if max / 4 > 64 { max / 4 } else { 64 };
+    max.saturating_add(margin)
+}
+
+/// How many rows each guest has (one scan of `inputs`, which reads no blob).
+fn rows_per_guest(connection: &Connection) -> rusqlite::Result<HashMap<String, u64>> {
+    let mut statement = connection.prepare("SELECT guest, count(*) FROM inputs GROUP BY guest")?;
+    let rows = statement.query_map([], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+    })?;
+    rows.map(|row| row.map(|(guest, count)| (guest, u64::try_from(count).unwrap_or(0))))
+        .collect()
+}
+
+/// How many rows guest `name` has.
+fn count_rows(connection: &Connection, name: &str) -> rusqlite::Result<u64> {
+    let count: i64 = connection.query_row(
+        &format!("SELECT count(*) FROM {ROWS_OF_GUEST}"),
+        [name],
+        |row| row.get(0),
+    )?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+/// Returns the database's free pages to the file system (`PRAGMA incremental_vacuum`, a no-op
+/// unless `auto_vacuum` is incremental: see [`open_database`]). Called after the hourly
+/// retention, a removal and at shutdown, not after each prune of a flooding guest, whose next
+/// rows take the free pages again at once.
+fn give_back_space(connection: &Connection) {
+    // A row per page freed: it frees them as it is stepped through.
+    let vacuumed = connection
+        .prepare("PRAGMA incremental_vacuum")
+        .and_then(|mut statement| {
+            let mut rows = statement.query([])?;
+            while rows.next()?.is_some() {}
+            Ok(())
+        });
+    if let Err(error) = vacuumed {
+        warn!(%error, "cannot give the journal's free pages back");
+    }
 }
 
 /// Applies `retention` as of `now`: each guest with datagrams to delete is checkpointed at its
@@ -1482,91 +2037,140 @@ pub(crate) fn prune(
     let cutoff = retention.max_age.map(|age| {
         to_sql_time(now).saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX))
     });
-    let mut candidates: Vec<String> = Vec::new();
-    if let Some(max) = retention.max_messages {
-        let mut statement = connection.prepare(
-            "SELECT guest FROM inputs WHERE kind = 'datagram' GROUP BY guest HAVING count(*) > ?1",
-        )?;
-        let rows =
-            statement.query_map([i64::try_from(max).unwrap_or(i64::MAX)], |row| row.get(0))?;
-        candidates.extend(rows.collect::<rusqlite::Result<Vec<String>>>()?);
+    // One pass over the datagrams: how many each guest has, and whether one is too old.
+    let mut datagrams: HashMap<String, (u64, bool)> = HashMap::new();
+    {
+        let mut statement =
+            connection.prepare("SELECT guest, at FROM inputs WHERE kind = 'datagram'")?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let old = cutoff.is_some_and(|cutoff| row.get::<_, i64>(1).is_ok_and(|at| at < cutoff));
+            let guest = row.get_ref(0)?.as_str()?;
+            match datagrams.get_mut(guest) {
+                Some((count, any_old)) => {
+                    *count += 1;
+                    *any_old |= old;
+                }
+                None => {
+                    datagrams.insert(guest.to_owned(), (1, old));
+                }
+            }
+        }
     }
-    if let Some(cutoff) = cutoff {
-        let mut statement = connection
-            .prepare("SELECT DISTINCT guest FROM inputs WHERE kind = 'datagram' AND at < ?1")?;
-        let rows = statement.query_map([cutoff], |row| row.get(0))?;
-        candidates.extend(rows.collect::<rusqlite::Result<Vec<String>>>()?);
-    }
+    let mut candidates: Vec<String> = datagrams
+        .into_iter()
+        .filter(|(_, (count, old))| *old || retention.max_messages.is_some_and(|max| *count > max))
+        .map(|(guest, _)| guest)
+        .collect();
     candidates.sort();
-    candidates.dedup();
     let mut pruned = 0;
     for name in candidates {
-        let Some(state) = hub.checkpoint(&name) else {
-            continue; // Removed: purged with its removal.
-        };
-        let transaction = connection.transaction()?;
-        let newest: i64 = transaction.query_row(
-            "SELECT max(seq) FROM inputs WHERE guest = ?1",
-            [&name],
-            |row| row.get(0),
-        )?;
-        // Recorded before pruning starts; the hub's last id is as good for a guest's newest input
-        // when it is the newest of all.
-        let events_after: Option<i64> = transaction
-            .query_row(
-                "SELECT events_after FROM applied WHERE seq = ?1",
-                [newest],
-                |row| row.get(0),
-            )
-            .optional()?;
-        let events_after = events_after.map_or_else(|| hub.last_event_id(), |id| id as u64);
-        let (guest, accepted, notify_socket, reach) = state;
-        let state = CheckpointState {
-            registration: Registration::new(&notify_socket, &reach, None),
-            accepted,
-            events_after,
-            guest,
-        };
-        transaction.execute(
-            "INSERT OR REPLACE INTO checkpoints (guest, seq, state) VALUES (?1, ?2, ?3)",
-            params![
-                name,
-                newest,
-                serde_json::to_string(&state).expect("plain data")
-            ],
-        )?;
-        // The oldest datagram to keep by count, if the count is over.
-        let keep_from: Option<i64> = match retention.max_messages {
-            Some(max) => transaction
-                .query_row(
-                    "SELECT seq FROM inputs WHERE guest = ?1 AND kind = 'datagram'
-                     ORDER BY seq DESC LIMIT 1 OFFSET ?2",
-                    params![
-                        name,
-                        i64::try_from(max.saturating_sub(1)).unwrap_or(i64::MAX)
-                    ],
-                    |row| row.get(0),
-                )
-                .optional()?,
-            None => None,
-        };
-        let doomed = "guest = ?1 AND seq <= ?2 AND (kind != 'datagram' OR seq < ?3 OR at < ?4)";
-        let keep_from = if retention.max_messages == Some(0) {
-            i64::MAX
-        } else {
-            keep_from.unwrap_or(0)
-        };
-        let cutoff = cutoff.unwrap_or(i64::MIN);
-        let arguments = params![name, newest, keep_from, cutoff];
-        transaction.execute(
-            &format!("DELETE FROM applied WHERE seq IN (SELECT seq FROM inputs WHERE {doomed})"),
-            arguments,
-        )?;
-        transaction.execute(&format!("DELETE FROM inputs WHERE {doomed}"), arguments)?;
-        transaction.commit()?;
-        pruned += 1;
+        if prune_guest(connection, hub, &name, retention, cutoff)?.is_some() {
+            pruned += 1;
+        }
+    }
+    if pruned > 0 {
+        delete_empty_runs(connection, 0)?;
     }
     Ok(pruned)
+}
+
+/// Deletes the rows of `applied_runs` from `from` on whose inputs are all gone (pruned, or
+/// purged with a removal).
+fn delete_empty_runs(connection: &Connection, from: i64) -> rusqlite::Result<usize> {
+    connection.execute(
+        "DELETE FROM applied_runs AS run WHERE run.first >= ?1 AND NOT EXISTS (
+             SELECT 1 FROM inputs WHERE seq >= run.first AND seq < coalesce(
+                 (SELECT min(first) FROM applied_runs WHERE first > run.first),
+                 9223372036854775807))",
+        [from],
+    )
+}
+
+/// Checkpoints guest `name` at its newest input and deletes its older rows that `retention`
+/// (with `cutoff`, µs since the epoch, for its age) does not keep, in one transaction. The hub
+/// must hold every stored input. Returns the `seq` of its oldest row before, `None` if it is
+/// not in the hub (removed: purged with its removal).
+fn prune_guest(
+    connection: &mut Connection,
+    hub: &Hub,
+    name: &str,
+    retention: Retention,
+    cutoff: Option<i64>,
+) -> rusqlite::Result<Option<i64>> {
+    let Some(state) = hub.checkpoint(name) else {
+        return Ok(None);
+    };
+    let transaction = connection.transaction()?;
+    let (Some(oldest), Some(newest)): (Option<i64>, Option<i64>) = transaction.query_row(
+        &format!("SELECT min(i.seq), max(i.seq) FROM {ROWS_OF_GUEST}"),
+        [name],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?
+    else {
+        return Ok(None);
+    };
+    // Recorded before pruning starts; the hub's last id is as good for a guest's newest input
+    // when it is the newest of all.
+    let recorded = RunLookup::new(&transaction)?
+        .get(newest)
+        .map_err(|error| rusqlite::Error::ToSqlConversionFailure(error.into()))?;
+    let events_after = recorded.map_or_else(|| hub.last_event_id(), |ids| ids.events_after);
+    let (guest, accepted, notify_socket, reach) = state;
+    let access = hub.socket_access(name);
+    let state = CheckpointState {
+        registration: Registration::new(&notify_socket, &reach, None, access),
+        accepted,
+        events_after,
+        guest,
+    };
+    transaction.execute(
+        "INSERT OR REPLACE INTO checkpoints (guest, seq, state) VALUES (?1, ?2, ?3)",
+        params![
+            name,
+            newest,
+            serde_json::to_string(&state).expect("plain data")
+        ],
+    )?;
+    // The oldest datagram to keep by count, if the count is over.
+    let keep_from: Option<i64> = match retention.max_messages {
+        Some(max) => transaction
+            .query_row(
+                &format!(
+                    "SELECT i.seq FROM {ROWS_OF_GUEST} AND i.kind = 'datagram'
+                         ORDER BY i.seq DESC LIMIT 1 OFFSET ?2"
+                ),
+                params![
+                    name,
+                    i64::try_from(max.saturating_sub(1)).unwrap_or(i64::MAX)
+                ],
+                |row| row.get(0),
+            )
+            .optional()?,
+        None => None,
+    };
+    let doomed = "i.seq <= ?2 AND (i.kind != 'datagram' OR i.seq < ?3 OR i.at < ?4)";
+    let keep_from = if retention.max_messages == Some(0) {
+        i64::MAX
+    } else {
+        keep_from.unwrap_or(0)
+    };
+    let cutoff = cutoff.unwrap_or(i64::MIN);
+    let arguments = params![name, newest, keep_from, cutoff];
+    transaction.execute(
+        &format!(
+            "DELETE FROM inputs WHERE seq IN (SELECT i.seq FROM {ROWS_OF_GUEST} AND {doomed})"
+        ),
+        arguments,
+    )?;
+    transaction.execute(
+        "DELETE FROM guest_spans WHERE guest = ?1 AND NOT EXISTS (
+                 SELECT 1 FROM inputs WHERE seq BETWEEN guest_spans.first AND guest_spans.last
+                 AND guest = ?1)",
+        [name],
+    )?;
+    transaction.commit()?;
+    Ok(Some(oldest))
 }
 
 /// The journal's `Arc`-free view of a guest for a checkpoint.
@@ -1592,6 +2196,19 @@ mod tests {
                 gid: 0,
             }),
         }
+    }
+
+    /// Each guest's newest `n` datagrams, at any age.
+    fn keep_newest(n: u64) -> Retention {
+        Retention {
+            max_age: None,
+            max_messages: Some(n),
+        }
+    }
+
+    /// The journal's database in `dir`, opened as it is (no migration, no replay).
+    fn database(dir: &Path) -> Connection {
+        Connection::open(dir.join(DATABASE)).unwrap()
     }
 
     fn keep_all() -> Retention {
@@ -1652,6 +2269,18 @@ mod tests {
         let mut statement = connection.prepare(sql).unwrap();
         let rows = statement.query_map([], |row| row.get(0)).unwrap();
         rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    /// Every row of `inputs` lies in a span of its guest (the spans are how retention and
+    /// removals find a guest's rows).
+    fn assert_spans_cover_every_row(dir: &Path) {
+        let outside = texts(
+            dir,
+            "SELECT i.seq || ' ' || i.guest FROM inputs i WHERE NOT EXISTS (
+                 SELECT 1 FROM guest_spans s
+                 WHERE s.guest = i.guest AND i.seq BETWEEN s.first AND s.last)",
+        );
+        assert_eq!(outside, Vec::<String>::new());
     }
 
     async fn open(dir: &Path, retention: Retention) -> (Hub, Journal) {
@@ -1723,6 +2352,7 @@ mod tests {
         );
         assert_eq!(before["guests"][1]["guest"]["boot_count"], 2);
         journal.close().await;
+        assert_spans_cover_every_row(dir.path());
 
         let (again, journal) = open(dir.path(), keep_all()).await;
         assert_eq!(view(&again), before);
@@ -1753,7 +2383,7 @@ mod tests {
         // As after a crash between the commit of inputs and that of their ids.
         let connection = Connection::open(dir.path().join(DATABASE)).unwrap();
         connection
-            .execute("DELETE FROM applied WHERE seq > 5", [])
+            .execute("DELETE FROM applied_runs WHERE first > 5", [])
             .unwrap();
         drop(connection);
         let (again, journal) = open(dir.path(), keep_all()).await;
@@ -1793,6 +2423,14 @@ mod tests {
         assert_eq!(count(&connection, "web1"), 2);
         assert_eq!(count(&connection, "vm1"), 2);
         drop(connection);
+        assert_spans_cover_every_row(dir.path());
+        // Spans left with no row of their guest are gone.
+        let empty = texts(
+            dir.path(),
+            "SELECT s.guest FROM guest_spans s WHERE NOT EXISTS (SELECT 1 FROM inputs i
+                 WHERE i.guest = s.guest AND i.seq BETWEEN s.first AND s.last)",
+        );
+        assert_eq!(empty, Vec::<String>::new());
 
         let (again, journal) = open(dir.path(), keep_all()).await;
         let after = view(&again);
@@ -1834,6 +2472,209 @@ mod tests {
         let (again, journal) = open(dir.path(), keep_all()).await;
         assert_eq!(again.guest("web1").unwrap().summary.snapshot, before);
         journal.close().await;
+    }
+
+    /// `--retain-messages` holds while the writer goes: a flooding guest's datagram rows never
+    /// pass the limit and its margin, other guests keep theirs, and a restart gives the same
+    /// state and the newest history.
+    #[tokio::test]
+    async fn a_flooding_guest_is_pruned_as_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, journal) = open(dir.path(), keep_newest(100)).await;
+        for name in ["web1", "web2"] {
+            hub.accept_registration(name, "/run/x/g", Reach::Unix, at(0))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        for i in 0..10 {
+            let status = format!("STATUS=quiet {i}").into_bytes();
+            hub.accept_datagram("web2", at(1), unix(2), status, vec![])
+                .await
+                .unwrap();
+        }
+        let connection = database(dir.path());
+        let rows = |guest: &str| -> u64 { count_rows(&connection, guest).unwrap() };
+        let mut most = 0;
+        for i in 0..1000_u64 {
+            let status = format!("STATUS=flood {i}").into_bytes();
+            hub.accept_datagram("web1", at(2 + i), unix(1), status, vec![])
+                .await
+                .unwrap();
+            most = most.max(rows("web1"));
+        }
+        assert_eq!(over_limit(100), 164);
+        // Pruned to 100 datagrams each time it passed 164 rows (its registration and 164
+        // datagrams the first time; a commit per datagram here).
+        assert_eq!(most, 165);
+        assert_eq!(rows("web1"), 100 + (1000 - 164) % 65);
+        assert_eq!(rows("web2"), 11);
+        assert_spans_cover_every_row(dir.path());
+        let before = view(&hub);
+        journal.close().await;
+
+        let (again, journal) = open(dir.path(), keep_newest(100)).await;
+        let after = view(&again);
+        assert_eq!(after["last_event_id"], before["last_event_id"]);
+        for i in 0..2 {
+            let (was, is) = (&before["guests"][i], &after["guests"][i]);
+            assert_eq!(is["guest"], was["guest"], "state and timeline");
+        }
+        let history = after["guests"][0]["history"].as_array().unwrap();
+        let was = before["guests"][0]["history"].as_array().unwrap();
+        // The checkpoint's 100 and the 56 after it.
+        assert_eq!(history.len(), 156);
+        assert_eq!(history[..], was[was.len() - history.len()..]);
+        assert_eq!(
+            after["guests"][1]["history"],
+            before["guests"][1]["history"]
+        );
+        journal.close().await;
+        // Retention at start took it down to 100.
+        assert_eq!(rows("web1"), 100);
+    }
+
+    /// A guest whose every datagram is dropped (a row per receive batch) is bounded too, and
+    /// keeps its drop count across a restart.
+    #[tokio::test]
+    async fn a_guest_of_drops_only_is_pruned_as_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, journal) = open(dir.path(), keep_newest(10)).await;
+        hub.accept_registration("web1", "/run/x/g", Reach::Unix, at(0))
+            .await
+            .unwrap()
+            .unwrap();
+        let connection = database(dir.path());
+        let mut most = 0;
+        for i in 0..200 {
+            let oversize = Arrival::Dropped {
+                at: at(i),
+                reason: DropReason::Oversize,
+                count: 2,
+            };
+            let wake = Arc::new(Notify::new());
+            hub.accept_batch("web1", vec![oversize], &wake)
+                .await
+                .unwrap();
+            wake.notified().await;
+            most = most.max(count_rows(&connection, "web1").unwrap());
+        }
+        assert_eq!(most, over_limit(10) + 1);
+        let drops = hub.guest("web1").unwrap().snapshot().drops;
+        assert_eq!(drops.oversize, 400);
+        journal.close().await;
+        let (again, journal) = open(dir.path(), keep_newest(10)).await;
+        assert_eq!(again.guest("web1").unwrap().snapshot().drops, drops);
+        journal.close().await;
+    }
+
+    /// The database and its WAL files are the hub's user's only (they hold every datagram); a
+    /// state directory the hub makes is too, one that exists is left as it is.
+    #[tokio::test]
+    async fn the_journal_files_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let parent = tempfile::tempdir().unwrap();
+        let made = parent.path().join("made/state");
+        let (_hub, journal) = open(&made, keep_all()).await;
+        assert_eq!(mode(&made), 0o700);
+        assert_eq!(mode(&parent.path().join("made")), 0o700);
+        for file in [
+            DATABASE,
+            "journal.sqlite3-wal",
+            "journal.sqlite3-shm",
+            LOCK_FILE,
+        ] {
+            assert_eq!(mode(&made.join(file)), 0o600, "{file}");
+        }
+        journal.close().await;
+
+        // Of an older notifyhub, which left them 0644 in a 0755 directory.
+        let given = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(given.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        drop(database(given.path()));
+        let database_file = given.path().join(DATABASE);
+        std::fs::set_permissions(&database_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (_hub, journal) = open(given.path(), keep_all()).await;
+        assert_eq!(mode(given.path()), 0o755);
+        assert_eq!(mode(&database_file), 0o600);
+        assert_eq!(mode(&given.path().join("journal.sqlite3-wal")), 0o600);
+        journal.close().await;
+    }
+
+    /// Pruned rows' pages go back to the file system: a new database is `auto_vacuum =
+    /// INCREMENTAL`, and one without it that is mostly free pages is vacuumed once on open.
+    #[tokio::test]
+    async fn freed_pages_go_back_to_the_file_system() {
+        let size = |dir: &Path| std::fs::metadata(dir.join(DATABASE)).unwrap().len();
+        let auto_vacuum = |dir: &Path| -> i64 {
+            database(dir)
+                .pragma_query_value(None, "auto_vacuum", |row| row.get(0))
+                .unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, journal) = open(dir.path(), keep_all()).await;
+        assert_eq!(auto_vacuum(dir.path()), 2);
+        for name in ["web1", "web2"] {
+            hub.accept_registration(name, "/run/x/g", Reach::Unix, at(0))
+                .await
+                .unwrap()
+                .unwrap();
+            let batch = (0..2000)
+                .map(|i| Arrival::Datagram {
+                    at: at(i),
+                    sender: unix(1),
+                    bytes: format!("STATUS={i}-{}", "Z".repeat(1000)).into_bytes(),
+                    fds: 0,
+                    held: None,
+                })
+                .collect();
+            let wake = Arc::new(Notify::new());
+            hub.accept_batch(name, batch, &wake).await.unwrap();
+            wake.notified().await;
+        }
+        journal.close().await;
+        checkpoint_wal(dir.path());
+        let full = size(dir.path());
+        assert!(full > 4_000_000, "{full} bytes");
+
+        // Removing web2 frees half.
+        let (hub, journal) = open(dir.path(), keep_all()).await;
+        hub.accept_removal("web2").await.unwrap();
+        journal.close().await;
+        checkpoint_wal(dir.path());
+        let half = size(dir.path());
+        assert!(half < full * 6 / 10, "{half} of {full} bytes");
+
+        // A database of before `auto_vacuum`, mostly free pages.
+        let old = tempfile::tempdir().unwrap();
+        let connection = database(old.path());
+        connection
+            .execute_batch(
+                "CREATE TABLE filler (b BLOB);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+                 INSERT INTO filler SELECT zeroblob(2000) FROM n;
+                 DROP TABLE filler;",
+            )
+            .unwrap();
+        drop(connection);
+        let before = size(old.path());
+        assert_eq!(auto_vacuum(old.path()), 0);
+        let (_hub, journal) = open(old.path(), keep_all()).await;
+        journal.close().await;
+        checkpoint_wal(old.path());
+        assert_eq!(auto_vacuum(old.path()), 2);
+        let after = size(old.path());
+        assert!(after < before / 10, "{after} of {before} bytes");
+    }
+
+    /// Moves the WAL into the database file, so that its size shows what the data takes.
+    fn checkpoint_wal(dir: &Path) {
+        database(dir)
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .unwrap();
     }
 
     #[tokio::test]
@@ -1879,7 +2720,8 @@ mod tests {
             at: at(ms),
             sender: unix(7),
             bytes: bytes.to_vec(),
-            fds: Vec::new(),
+            fds: 0,
+            held: None,
         };
         let limited = |ms, count| Arrival::Dropped {
             at: at(ms),
@@ -1930,6 +2772,218 @@ mod tests {
         let (again, journal) = open(dir.path(), keep_all()).await;
         assert_eq!(view(&again), before);
         journal.close().await;
+    }
+
+    /// A journal of schema 1, as the notifyhub before it wrote it (see the fixture's
+    /// `written_by`), is migrated on open, and replays to the guests that notifyhub showed, its
+    /// histories (less what its retention deleted) and its last event id; new inputs go on from
+    /// there, and it opens again as schema 2.
+    #[tokio::test]
+    async fn a_schema_1_journal_is_migrated_and_replays_to_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let connection = database(dir.path());
+        connection
+            .execute_batch(include_str!("../tests/fixtures/journal-schema1.sql"))
+            .unwrap();
+        drop(connection);
+        let was: Value =
+            serde_json::from_str(include_str!("../tests/fixtures/journal-schema1.json")).unwrap();
+        // Its `applied` table's newest id.
+        let last_id = 23;
+        for round in ["migrated", "schema 2"] {
+            let (hub, journal) = open(dir.path(), keep_all()).await;
+            let guests = serde_json::to_value(hub.guests().guests).unwrap();
+            assert_eq!(guests, was["guests"], "{round}");
+            let view = view(&hub);
+            for (name, kept) in [("api1", 3), ("hy1", 1), ("web1", 3)] {
+                let history = &view["guests"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|guest| guest["guest"]["name"] == name)
+                    .unwrap()["history"];
+                let was = was["history"][name].as_array().unwrap();
+                // web1's two oldest were deleted by retention; the rest is as it was.
+                assert_eq!(
+                    history.as_array().unwrap()[..],
+                    was[was.len() - kept..],
+                    "{name}"
+                );
+            }
+            assert_eq!(hub.last_event_id(), last_id, "{round}");
+            assert_eq!(hub.socket_access("api1"), None, "schema 1 did not keep it");
+            journal.close().await;
+        }
+        let tables = texts(
+            dir.path(),
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+        );
+        assert_eq!(
+            tables,
+            ["applied_runs", "checkpoints", "guest_spans", "inputs"]
+        );
+        let indexes = texts(
+            dir.path(),
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'inputs'",
+        );
+        assert_eq!(indexes, Vec::<String>::new(), "inputs_by_guest is dropped");
+        assert_spans_cover_every_row(dir.path());
+        let (hub, journal) = open(dir.path(), keep_all()).await;
+        hub.accept_datagram("api1", at(1), unix(9), b"STATUS=three".to_vec(), vec![])
+            .await
+            .unwrap();
+        assert_eq!(hub.last_event_id(), last_id + 1);
+        journal.close().await;
+        assert_eq!(
+            texts(dir.path(), "SELECT max(seq) || '' FROM inputs"),
+            ["18"],
+            "after schema 1's newest, 17"
+        );
+        let (again, journal) = open(dir.path(), keep_all()).await;
+        assert_eq!(view(&again), view(&hub));
+        journal.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_journal_of_a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let connection = database(dir.path());
+        connection
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(connection);
+        let error = Journal::open(dir.path(), keep_all(), &Hub::new()).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("has schema version 3, newer than this notifyhub's 2"),
+            "{error:#}"
+        );
+        // Untouched.
+        let connection = database(dir.path());
+        let version: i64 = connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION + 1);
+    }
+
+    /// Retention may delete the newest row of all (a guest's newest input, when it is not a
+    /// datagram); the next input must not take its `seq`, which the guest's checkpoint covers:
+    /// a restart would skip it.
+    #[tokio::test]
+    async fn a_pruned_newest_row_leaves_its_seq_unused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, journal) = open(dir.path(), keep_all()).await;
+        hub.accept_registration("web1", "/run/x/web1", Reach::Unix, at(0))
+            .await
+            .unwrap()
+            .unwrap();
+        for i in 0..3 {
+            hub.accept_datagram("web1", at(i), unix(7), b"STATUS=before".to_vec(), vec![])
+                .await
+                .unwrap();
+        }
+        hub.accept_drop("web1", DropReason::Oversize).await.unwrap();
+        journal.close().await;
+        let mut connection = database(dir.path());
+        let newest = |connection: &Connection| -> i64 {
+            connection
+                .query_row("SELECT max(seq) FROM inputs", [], |row| row.get(0))
+                .unwrap()
+        };
+        let dropped = newest(&connection);
+        assert_eq!(
+            prune(&mut connection, &hub, keep_newest(1), at(10)).unwrap(),
+            1
+        );
+        assert!(newest(&connection) < dropped, "the drop's row is gone");
+
+        let (hub, journal) = open(dir.path(), keep_all()).await;
+        hub.accept_datagram("web1", at(20), unix(7), b"STATUS=after".to_vec(), vec![])
+            .await
+            .unwrap();
+        journal.close().await;
+        assert_eq!(newest(&connection), dropped + 1);
+        drop(connection);
+        let (again, journal) = open(dir.path(), keep_all()).await;
+        let snapshot = again.guest("web1").unwrap().summary.snapshot;
+        assert_eq!(snapshot.status.as_deref(), Some("after"));
+        assert_eq!((snapshot.messages, snapshot.drops.oversize), (4, 1));
+        assert_eq!(view(&again), view(&hub));
+        journal.close().await;
+    }
+
+    /// A guest's own socket mode and owner come back with it, from its registration row and
+    /// from a checkpoint.
+    #[tokio::test]
+    async fn a_guest_keeps_its_socket_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let (hub, journal) = open(dir.path(), keep_all()).await;
+        let own = SocketAccess {
+            mode: 0o660,
+            owner: Some(100_000),
+            group: None,
+        };
+        hub.accept_registration_with_access("own", "/run/x/own", Reach::Unix, Some(own), at(0))
+            .await
+            .unwrap()
+            .unwrap();
+        hub.accept_registration("plain", "/run/x/plain", Reach::Unix, at(0))
+            .await
+            .unwrap()
+            .unwrap();
+        for i in 0..3 {
+            hub.accept_datagram("own", at(i), unix(7), b"STATUS=up".to_vec(), vec![])
+                .await
+                .unwrap();
+        }
+        assert_eq!(hub.socket_access("own"), Some(own));
+        journal.close().await;
+        let (again, journal) = open(dir.path(), keep_all()).await;
+        assert_eq!(again.socket_access("own"), Some(own));
+        assert_eq!(again.socket_access("plain"), None);
+        journal.close().await;
+        // From a checkpoint: the registration row is pruned.
+        let mut connection = database(dir.path());
+        assert_eq!(
+            prune(&mut connection, &again, keep_newest(1), at(10)).unwrap(),
+            1
+        );
+        drop(connection);
+        assert!(texts(dir.path(), "SELECT kind FROM inputs WHERE guest = 'own'") == ["datagram"]);
+        let (restored, journal) = open(dir.path(), keep_all()).await;
+        assert_eq!(restored.socket_access("own"), Some(own));
+        let state = |hub: &Hub| serde_json::to_value(hub.guests().guests).unwrap();
+        assert_eq!(state(&restored), state(&again));
+        journal.close().await;
+    }
+
+    /// The ids of a run survive their encoding: large ids, gaps, rejected datagrams.
+    #[test]
+    fn runs_of_ids_round_trip() {
+        let ids = [
+            (0, 0, None),
+            (0, 1, Some(1)),
+            (5, 5, None),
+            (5, 300, Some(u64::MAX)),
+            (u64::MAX - 1, u64::MAX, Some(2)),
+        ];
+        let run: Vec<Applied> = (10..)
+            .zip(ids)
+            .map(|(seq, (events_before, events_after, accepted))| Applied {
+                seq,
+                ids: Ids {
+                    events_before,
+                    events_after,
+                    accepted,
+                },
+            })
+            .collect();
+        let blob = encode_run(&run);
+        let decoded = decode_run(&blob).unwrap();
+        assert_eq!(decoded, run.iter().map(|a| a.ids).collect::<Vec<_>>());
+        // Cut short, or a varint past 64 bits: an error, not a panic.
+        assert!(decode_run(&blob[..blob.len() - 1]).is_err());
+        assert!(decode_run(&[0xff; 11]).is_err());
+        assert!(decode_run(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x02]).is_err());
     }
 
     #[tokio::test]

@@ -136,14 +136,15 @@ pub fn nspawn(notify_socket: &str) -> Snippet {
     }
 }
 
-/// podman: `--sdnotify=ignore`, the socket's directory as a volume, and `$NOTIFY_SOCKET`.
+/// podman: `--sdnotify=ignore`, the socket's directory as a read-only volume (sending needs
+/// write permission on the socket file, not on the mount), and `$NOTIFY_SOCKET`.
 pub fn podman(notify_socket: &str) -> Snippet {
     let (dir, file) = split_socket(notify_socket);
     // --volume splits at ':'; --mount takes such a path as is.
     let volume = if dir.contains(':') {
-        format!("--mount=type=bind,source={dir},destination={PODMAN_NOTIFY_DIR}")
+        format!("--mount=type=bind,source={dir},destination={PODMAN_NOTIFY_DIR},ro=true")
     } else {
-        format!("--volume={dir}:{PODMAN_NOTIFY_DIR}")
+        format!("--volume={dir}:{PODMAN_NOTIFY_DIR}:ro")
     };
     let text = format!(
         "--sdnotify=ignore {} {}",
@@ -271,7 +272,7 @@ mod tests {
                 ),
                 (
                     "podman",
-                    "--sdnotify=ignore --volume=/run/notifyhub/guests/web1:/run/notify-dir \
+                    "--sdnotify=ignore --volume=/run/notifyhub/guests/web1:/run/notify-dir:ro \
                      --env=NOTIFY_SOCKET=/run/notify-dir/notify"
                 ),
             ]
@@ -375,7 +376,7 @@ mod tests {
         let podman = podman(odd);
         assert_eq!(
             podman.text,
-            r"--sdnotify=ignore '--mount=type=bind,source=/tmp/it'\''s here/guests/a:b,destination=/run/notify-dir' --env=NOTIFY_SOCKET=/run/notify-dir/notify"
+            r"--sdnotify=ignore '--mount=type=bind,source=/tmp/it'\''s here/guests/a:b,destination=/run/notify-dir,ro=true' --env=NOTIFY_SOCKET=/run/notify-dir/notify"
         );
         let hybrid = Hybrid::new("/tmp/a \"b\".vsock", 5, 7).unwrap();
         let firecracker = firecracker(&hybrid);

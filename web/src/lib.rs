@@ -18,6 +18,7 @@ pub mod activation;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod drop_log;
 pub mod journal;
 pub mod launch;
 pub mod limit;
@@ -88,6 +89,17 @@ pub fn router(state: AppState) -> Router {
 /// `Some`. The CSP and `X-Content-Type-Options` layers are outermost, so every response carries
 /// them, the refusals of the security layers (401, 403, 414) included.
 pub fn router_with_token(state: AppState, token: Option<Arc<security::Token>>) -> Router {
+    router_with_access(state, token, None)
+}
+
+/// [`router_with_token`], and when `hosts` is `Some`, behind the `Host` check
+/// ([`security::check_host`]: 421 for a host it does not name) that [`server::Server`] puts in
+/// front of a TCP listener without a token.
+pub fn router_with_access(
+    state: AppState,
+    token: Option<Arc<security::Token>>,
+    hosts: Option<Arc<security::AllowedHosts>>,
+) -> Router {
     let app = Router::new()
         .nest("/api/v1", api::router())
         .merge(pages::router())
@@ -105,7 +117,14 @@ pub fn router_with_token(state: AppState, token: Option<Arc<security::Token>>) -
         )),
         None => app,
     };
-    app.layer(TraceLayer::new_for_http())
+    let app = match hosts {
+        Some(hosts) => app.layer(axum::middleware::from_fn_with_state(
+            hosts,
+            security::check_host,
+        )),
+        None => app,
+    };
+    app.layer(TraceLayer::new_for_http().on_failure(log_failure))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CONTENT_SECURITY_POLICY),
@@ -114,4 +133,23 @@ pub fn router_with_token(state: AppState, token: Option<Arc<security::Token>>) -
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         ))
+}
+
+/// tower-http's failure log, less the answers the hub gives on purpose: a 503 (shutting down,
+/// `--max-guests`, out of descriptors) tells the client why in its body and is no fault of the
+/// hub's, so it is logged here at debug only (a refusal worth a warning logs it where it is
+/// decided, throttled); any other 5xx and a failed response body are errors.
+fn log_failure(
+    class: tower_http::classify::ServerErrorsFailureClass,
+    latency: std::time::Duration,
+    _span: &tracing::Span,
+) {
+    use tower_http::classify::ServerErrorsFailureClass;
+    let latency_ms = latency.as_millis();
+    match class {
+        ServerErrorsFailureClass::StatusCode(axum::http::StatusCode::SERVICE_UNAVAILABLE) => {
+            tracing::debug!(latency_ms, "answered 503")
+        }
+        class => tracing::error!(classification = %class, latency_ms, "response failed"),
+    }
 }

@@ -1,5 +1,5 @@
-//! Limits that keep one guest, or many, from costing the hub more than its share: the
-//! per-guest rate limit and the hub's open-file limit.
+//! Limits that keep one guest, or many, or HTTP clients, from costing the hub more than their
+//! share: the per-guest rate limit, the hub's open-file limit and the HTTP connection limits.
 //!
 //! **Rate.** Every message a guest sends (a datagram on its notify socket, a vsock message)
 //! takes one token from the guest's bucket ([`GuestLimiter`]: governor's GCRA, which is a token
@@ -9,21 +9,27 @@
 //! stored like every drop but a run of them as one input (a row per flooded datagram kept the
 //! journal busy and held every other guest's messages behind its commits: a quiet guest's p99
 //! datagram→SSE latency went from under 1 ms to 9–12 ms beside a flood). A warning says so when
-//! the guest starts being limited and then at most once per [`LOG_INTERVAL`], never once per
-//! message. The check sits in the receive paths, not in the store: a dropped message is neither
+//! the guest starts being limited and then sums up at most once per [`LOG_INTERVAL`], never once
+//! per message ([`crate::drop_log`]). The check sits in the receive paths, not in the store: a dropped message is neither
 //! parsed, kept nor published.
 //!
 //! **Files.** Each guest holds one socket (two for a hybrid vsock guest), each HTTP client one
 //! more: [`raise_nofile_limit`] lifts the soft `RLIMIT_NOFILE` to the hard limit at start, and a
 //! registration that runs out of descriptors fails with
 //! [`RegisterError::OutOfFiles`](crate::registry::RegisterError::OutOfFiles).
+//!
+//! **HTTP connections.** [`HttpLimits`]: at most `--max-connections` served at once (by default a
+//! quarter of `RLIMIT_NOFILE`, [`default_max_connections`]), so HTTP clients can never take the
+//! descriptors guests need, and each closed when it sends no whole request head within
+//! `--http-idle-timeout`; [`crate::server`] enforces both.
 
-use std::num::NonZeroU32;
-use std::sync::{Mutex, PoisonError};
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota};
 use tracing::{debug, info, warn};
+
+use crate::drop_log::drop_log;
 
 /// Default `--rate-limit`: messages per second per guest, sustained.
 pub const DEFAULT_RATE: f64 = 1000.0;
@@ -101,15 +107,20 @@ impl RateLimit {
 /// # Errors
 /// A sentence for clap to show.
 pub fn parse_rate(text: &str) -> Result<Option<f64>, String> {
-    let rate: f64 = text
-        .parse()
-        .map_err(|_| format!("expected messages per second, not {text:?}"))?;
+    // 0 is a rate here: no limit, unlike for `RateLimit::new`.
+    let expected = || {
+        format!(
+            "expected messages per second: 0 for no limit, or a number above 0 and at most \
+             {MAX_RATE}, not {text:?}"
+        )
+    };
+    let rate: f64 = text.parse().map_err(|_| expected())?;
     if rate == 0.0 {
         return Ok(None);
     }
     RateLimit::new(rate, NonZeroU32::MIN)
         .map(|limit| Some(limit.per_second))
-        .map_err(|error| error.to_string())
+        .map_err(|_| expected())
 }
 
 /// The rate limit flags of `notifyhub serve`.
@@ -120,14 +131,98 @@ pub struct LimitArgs {
     /// Messages over it are dropped and counted in the guest's drops.rate_limited.
     #[arg(long, value_name = "RATE", default_value_t = DEFAULT_RATE, value_parser = parse_rate_arg)]
     pub rate_limit: f64,
-    /// Each guest may send N messages at once, above its --rate-limit.
-    #[arg(long, value_name = "N", default_value_t = NonZeroU32::new(DEFAULT_BURST).expect("> 0"))]
+    /// Each guest may send N messages at once (1 or more), above its --rate-limit.
+    #[arg(long, value_name = "N", default_value_t = NonZeroU32::new(DEFAULT_BURST).expect("> 0"), value_parser = parse_burst)]
     pub rate_burst: NonZeroU32,
     /// Keep at most SIZE of accepted messages in memory, all guests together (bytes, or with a
     /// unit: 64MiB, 1GiB, 500MB): past it the oldest kept messages of any guest are forgotten
     /// first. A guest's state is never affected; the journal keeps its own history.
     #[arg(long, value_name = "SIZE", default_value = "128MiB", value_parser = parse_memory)]
     pub history_memory: usize,
+    /// Serve at most N HTTP connections at once; at N the hub stops accepting until one closes
+    /// (the kernel's listen backlog holds the next ones), so guests' sockets and the fds they
+    /// pass always find room [default: a quarter of RLIMIT_NOFILE, at most 4096].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<NonZeroUsize>,
+    /// Close an HTTP connection that has not sent a whole request head within DURATION of
+    /// opening or of its last answer (slow or idle clients); SSE streams and long-polls are
+    /// answers in progress and never cut.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_idle_timeout)]
+    pub http_idle_timeout: Duration,
+    /// Serve at most N Server-Sent Events streams (GET /api/v1/events) at once; one more gets
+    /// 503 until one ends.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SSE_CLIENTS)]
+    pub max_sse_clients: NonZeroUsize,
+}
+
+/// Default `--max-sse-clients`. A client that stops reading holds up to
+/// [`HTTP_MAX_BUFFER`] of hyper's buffer besides its socket's kernel buffers, so 1024 of them
+/// hold about 16 MiB at most.
+pub const DEFAULT_MAX_SSE_CLIENTS: NonZeroUsize = NonZeroUsize::new(1024).expect("> 0");
+
+/// hyper's read and write buffer limit per HTTP connection (`max_buf_size`; hyper's own default
+/// is 400 KiB). An answer stream (SSE) is polled for more only while its connection's buffer
+/// holds less, so a client that stops reading costs at most this (and one event more) besides
+/// the kernel's socket buffers, and its feed falls behind and is resynced when it reads again.
+/// It also bounds a request head.
+pub const HTTP_MAX_BUFFER: usize = 16 << 10;
+
+/// Default `--http-idle-timeout`.
+pub const DEFAULT_HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most HTTP connections a default `--max-connections` allows.
+pub const MAX_DEFAULT_CONNECTIONS: usize = 4096;
+
+/// How many HTTP connections the hub serves at once, and how long one may idle
+/// (`--max-connections`, `--http-idle-timeout`).
+///
+/// A connection costs a descriptor and hyper's buffers (tens of KiB); without a cap, local
+/// clients that only `connect()` filled the descriptor table (20 000 fds, 800 MB of RSS), every
+/// API call hung, and a guest's `BARRIER=1` datagram lost its fd (`too_many_fds`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections served at once; `None`: [`default_max_connections`] of the `RLIMIT_NOFILE`
+    /// in force when serving starts.
+    pub max_connections: Option<NonZeroUsize>,
+    /// How long a connection may take to send a whole request head, counted from its opening
+    /// or from the end of its last answer (hyper's `header_read_timeout`, which covers the idle
+    /// time between keep-alive requests too). An answer in progress (an SSE stream, a
+    /// long-poll) is never cut.
+    pub idle_timeout: Duration,
+    /// SSE streams served at once; one more gets 503.
+    pub max_sse_clients: NonZeroUsize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            idle_timeout: DEFAULT_HTTP_IDLE_TIMEOUT,
+            max_sse_clients: DEFAULT_MAX_SSE_CLIENTS,
+        }
+    }
+}
+
+impl HttpLimits {
+    /// [`max_connections`](Self::max_connections), or the default for the soft
+    /// `RLIMIT_NOFILE` now ([`nofile_limit`]).
+    pub fn connections(&self) -> usize {
+        self.max_connections.map_or_else(
+            || default_max_connections(nofile_limit()),
+            NonZeroUsize::get,
+        )
+    }
+}
+
+/// Default `--max-connections` for a soft `RLIMIT_NOFILE` of `nofile` (`None`: unlimited): a
+/// quarter of it, at least 1 and at most [`MAX_DEFAULT_CONNECTIONS`]. The other three quarters
+/// stay for guests' sockets, the fds guests pass (`BARRIER=1`), the journal and the listeners.
+pub fn default_max_connections(nofile: Option<u64>) -> usize {
+    nofile.map_or(MAX_DEFAULT_CONNECTIONS, |nofile| {
+        usize::try_from(nofile / 4)
+            .unwrap_or(usize::MAX)
+            .clamp(1, MAX_DEFAULT_CONNECTIONS)
+    })
 }
 
 /// Parses `--history-memory`: a number of bytes with an optional unit, as `parse-size` reads
@@ -146,6 +241,31 @@ impl LimitArgs {
     pub fn rate_limit(&self) -> Option<RateLimit> {
         RateLimit::new(self.rate_limit, self.rate_burst).ok()
     }
+
+    /// The [`HttpLimits`] these flags ask for.
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_connections: self.max_connections,
+            idle_timeout: self.http_idle_timeout,
+            max_sse_clients: self.max_sse_clients,
+        }
+    }
+}
+
+/// Parses `--http-idle-timeout`: a duration ([`crate::config::parse_duration`]) above 0.
+fn parse_idle_timeout(text: &str) -> Result<Duration, String> {
+    match crate::config::parse_duration(text)? {
+        Duration::ZERO => Err(format!(
+            "an idle timeout of 0 would close every connection before its request; expected a \
+             duration above 0, not {text:?}"
+        )),
+        timeout => Ok(timeout),
+    }
+}
+
+/// Parses `--rate-burst`: an integer from 1 up.
+fn parse_burst(text: &str) -> Result<NonZeroU32, String> {
+    crate::config::integer_in(1, u32::MAX)(text).map(|n| NonZeroU32::new(n).expect("from 1 up"))
 }
 
 /// [`parse_rate`] for clap, with 0 as itself.
@@ -159,7 +279,6 @@ fn parse_rate_arg(text: &str) -> Result<f64, String> {
 pub struct GuestLimiter {
     limit: RateLimit,
     bucket: DefaultDirectRateLimiter,
-    log: Mutex<LogThrottle>,
 }
 
 /// Throttles the log lines of one guest's drops: the first drop is logged, then at most one
@@ -200,7 +319,6 @@ impl GuestLimiter {
         Self {
             limit,
             bucket: DefaultDirectRateLimiter::direct(limit.quota()),
-            log: Mutex::new(LogThrottle::default()),
         }
     }
 
@@ -211,14 +329,17 @@ impl GuestLimiter {
 
     /// Takes a token for one message of guest `name`: `true` if it may go on. Without one
     /// (`false`), the caller drops the message, closes its fds and counts it as
-    /// `DropReason::RateLimited`; this logs it, at most once per [`LOG_INTERVAL`].
+    /// `DropReason::RateLimited`; this logs it: the first of a burst at once, the rest summed
+    /// up once per [`LOG_INTERVAL`] ([`crate::drop_log`]).
     pub fn admit(&self, name: &str) -> bool {
         if self.bucket.check().is_ok() {
             return true;
         }
-        if let Some(dropped) = self.note_drop(Instant::now()) {
+        let noted = drop_log().note(name, "rate_limited", 1, Instant::now());
+        if let Some(dropped) = noted {
             warn!(
                 guest = name,
+                reason = "rate_limited",
                 dropped,
                 rate_limit = self.limit.per_second,
                 rate_burst = self.limit.burst.get(),
@@ -226,13 +347,6 @@ impl GuestLimiter {
             );
         }
         false
-    }
-
-    /// Counts one drop at `now`; returns how many drops to report when a log line is due.
-    fn note_drop(&self, now: Instant) -> Option<u64> {
-        // A counter and an instant: a poisoned lock still holds usable ones.
-        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
-        log.note(now)
     }
 }
 
@@ -411,18 +525,6 @@ mod tests {
     }
 
     #[test]
-    fn drops_are_logged_first_then_once_per_interval() {
-        let limiter = GuestLimiter::new(RateLimit::default());
-        let t0 = Instant::now();
-        assert_eq!(limiter.note_drop(t0), Some(1), "the first drop is reported");
-        for i in 1..=100 {
-            assert_eq!(limiter.note_drop(t0 + Duration::from_millis(i)), None);
-        }
-        assert_eq!(limiter.note_drop(t0 + LOG_INTERVAL), Some(101));
-        assert_eq!(limiter.note_drop(t0 + LOG_INTERVAL), None);
-    }
-
-    #[test]
     fn a_batch_of_drops_counts_whole_in_the_next_line() {
         let mut log = LogThrottle::default();
         let t0 = Instant::now();
@@ -441,6 +543,23 @@ mod tests {
         }
         assert_eq!(RateLimit::default().per_second(), DEFAULT_RATE);
         assert_eq!(RateLimit::default().burst().get(), DEFAULT_BURST);
+    }
+
+    #[test]
+    fn default_connections_leave_most_files_to_guests() {
+        assert_eq!(default_max_connections(Some(20_000)), 4096);
+        assert_eq!(default_max_connections(Some(1024)), 256);
+        assert_eq!(default_max_connections(Some(2)), 1);
+        assert_eq!(default_max_connections(None), MAX_DEFAULT_CONNECTIONS);
+        let set = HttpLimits {
+            max_connections: NonZeroUsize::new(7),
+            ..HttpLimits::default()
+        };
+        assert_eq!(set.connections(), 7);
+        assert_eq!(parse_idle_timeout("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_idle_timeout("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_idle_timeout("0").unwrap_err().contains("above 0"));
+        assert!(parse_idle_timeout("soon").is_err());
     }
 
     #[test]

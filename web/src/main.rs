@@ -29,8 +29,9 @@ use tracing_subscriber::EnvFilter;
                        with 64 (EX_USAGE). See also: notifyhub man COMMAND."
 )]
 struct Cli {
+    /// `--hub` and `--token-file` before the command, as earlier versions took them.
     #[command(flatten)]
-    hub: cli::client::HubArgs,
+    hub: cli::client::HubArgsBeforeCommand,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,6 +59,19 @@ enum Command {
     Man(cli::docs::ManArgs),
 }
 
+impl Command {
+    /// The hub options of a client command (`wait`, `status`, `events`, `launch`).
+    fn hub_mut(&mut self) -> Option<&mut cli::client::HubArgs> {
+        match self {
+            Self::Wait(args) => Some(&mut args.hub),
+            Self::Status(args) => Some(&mut args.hub),
+            Self::Events(args) => Some(&mut args.hub),
+            Self::Launch(args) => Some(&mut args.hub),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct ServeArgs {
     /// Read options from this TOML file: its keys are these long options (`guest = ["web1"]`,
@@ -80,10 +94,11 @@ struct ServeArgs {
     /// Register a guest at start (repeatable); prints its NOTIFY_SOCKET.
     #[arg(long = "guest", value_name = "NAME")]
     guests: Vec<String>,
-    /// Warn about a guest whose boot sends no READY=1 within SECONDS of its first message
-    /// (`ready_timed_out`); no limit by default.
-    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
-    ready_timeout: Option<u64>,
+    /// Warn about a guest whose boot sends no READY=1 within DURATION of its first message
+    /// (`ready_timed_out`): seconds (300, 1.5) or with a unit (90s, 1500ms, 5m); no limit by
+    /// default.
+    #[arg(long, value_name = "DURATION", value_parser = notifyhub_web::config::parse_positive_duration)]
+    ready_timeout: Option<std::time::Duration>,
     #[command(flatten)]
     limits: notifyhub_web::limit::LimitArgs,
     #[command(flatten)]
@@ -110,10 +125,10 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(_) => cli::config::serve_args().and_then(run_serve),
-        Command::Wait(args) => cli::client::block_on(cli::wait::run(&cli.hub, args)),
-        Command::Status(args) => cli::client::block_on(cli::status::run(&cli.hub, args)),
-        Command::Events(args) => cli::client::block_on(cli::events::run(&cli.hub, args)),
-        Command::Launch(args) => cli::client::block_on(cli::launch::run(&cli.hub, args)),
+        Command::Wait(args) => cli::client::block_on(cli::wait::run(args)),
+        Command::Status(args) => cli::client::block_on(cli::status::run(args)),
+        Command::Events(args) => cli::client::block_on(cli::events::run(args)),
+        Command::Launch(args) => cli::client::block_on(cli::launch::run(args)),
         Command::Send(args) => cli::send::run(args),
         Command::Parse(args) => cli::parse::run(args),
         Command::Config(args) => cli::config::run(args),
@@ -138,7 +153,7 @@ fn run_serve(args: ServeArgs) -> cli::Result {
         .map_err(|error| cli::Failure::failed(format_args!("cannot start the runtime: {error}")))?;
     runtime
         .block_on(serve(args, inherited))
-        .map_err(|error| cli::Failure::failed(format_args!("{error:#}")))
+        .map_err(|error| cli::Failure::failed(cli::causes(error.as_ref())))
 }
 
 async fn serve(
@@ -166,15 +181,18 @@ async fn serve(
         socket_access: args.access.socket_access(),
         run_dir,
         guests: args.guests,
-        ready_timeout: args.ready_timeout.map(std::time::Duration::from_secs),
+        ready_timeout: args.ready_timeout,
         rate_limit: args.limits.rate_limit(),
         history_memory: args.limits.history_memory,
+        http_limits: args.limits.http_limits(),
         journal: args.journal.into_config(
             |name| std::env::var_os(name),
             rustix::process::geteuid().is_root(),
         )?,
         vsock: args.vsock.into_config(),
     };
+    // The token the server checks, which a reload reads again.
+    let token = config.http_auth.token.clone();
     // Every guest holds a socket and every HTTP client a connection: allow all we may.
     notifyhub_web::limit::raise_and_log_nofile_limit();
     if !inherited.is_empty() {
@@ -198,6 +216,7 @@ async fn serve(
         shutdown.cancel();
     });
     if let Some(reload) = reload {
+        let reload = reload.with_token(token);
         tokio::spawn(reload.run(hangup, server.state().clone()));
     }
     server.run().await?;

@@ -50,8 +50,9 @@ pub fn spec() -> &'static OpenApiDoc {
 
 /// Adds what the layers around every route answer (`security`): 401 without the bearer token
 /// (when the hub has one, `--token-file`), 414 for a query string over
-/// [`MAX_QUERY_LEN`](crate::security::MAX_QUERY_LEN) bytes, and 403 for a browser's cross-site
-/// POST or DELETE; and the optional bearer scheme.
+/// [`MAX_QUERY_LEN`](crate::security::MAX_QUERY_LEN) bytes, 421 for a `Host` a hub without a
+/// token does not answer to ([`check_host`](crate::security::check_host)), and 403 for a
+/// browser's cross-site POST or DELETE; and the optional bearer scheme.
 fn add_hub_wide_answers(spec: &mut OpenApiDoc) {
     let error = |description: &str| {
         ResponseBuilder::new()
@@ -73,6 +74,10 @@ fn add_hub_wide_answers(spec: &mut OpenApiDoc) {
         crate::security::MAX_QUERY_LEN
     ));
     let cross_site = error("A browser sent it from another origin (`Sec-Fetch-Site`, `Origin`)");
+    let misdirected = error(
+        "The hub has no token and `Host` is not an IP address, `localhost`, `*.localhost` or an \
+         `--allowed-host` name (DNS rebinding protection)",
+    );
     for item in spec.paths.paths.values_mut() {
         let unsafe_methods = [item.post.as_mut(), item.delete.as_mut()];
         for operation in unsafe_methods.into_iter().flatten() {
@@ -93,6 +98,7 @@ fn add_hub_wide_answers(spec: &mut OpenApiDoc) {
             let responses = &mut operation.responses.responses;
             responses.insert("401".into(), unauthorized.clone().into());
             responses.insert("414".into(), too_long.clone().into());
+            responses.insert("421".into(), misdirected.clone().into());
             operation.security = Some(vec![
                 SecurityRequirement::default(),
                 SecurityRequirement::new("bearer", Vec::<String>::new()),

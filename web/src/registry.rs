@@ -153,9 +153,21 @@ pub enum RegisterError {
         /// The soft `RLIMIT_NOFILE` (`None`: unlimited, the system-wide table is full).
         limit: Option<u64>,
     },
-    /// Auto-registration stops at `--max-guests` guests.
-    #[error("the hub holds {0} guests, its --max-guests")]
+    /// Registration through the API or by auto-registration stops at `--max-guests` guests.
+    #[error(
+        "the hub holds {0} guests, its --max-guests: remove guests, or restart it with a higher \
+         --max-guests"
+    )]
     TooManyGuests(usize),
+    /// The hybrid vsock socket cannot be bound where the request asked for it: its directory
+    /// does not exist or is not a directory (the client's mistake, not the hub's).
+    #[error("cannot bind hybrid vsock socket {}: {source}; its directory must exist", path.display())]
+    HybridPath {
+        /// The socket path, `<uds_path>_<port>`.
+        path: PathBuf,
+        /// What `bind` said (`NotFound`, `NotADirectory`).
+        source: io::Error,
+    },
     /// The socket could not be bound; `source` says why (`AddrInUse`: another process serves
     /// that path; `AlreadyExists`: a file that is not a socket is in the way).
     #[error("cannot bind notify socket {}: {source}", path.display())]
@@ -369,11 +381,34 @@ impl Registry {
                 continue;
             }
             let reach = Reach::clone(&guest.summary.reach);
-            if let Err(error) = self.register_with(&name, reach).await {
+            // With the socket mode and owner it was registered with, if it had its own.
+            let access = self.inner.hub.socket_access(&name);
+            let registered = self.register_within(&name, reach, None, None, access).await;
+            if let Err(error) = registered {
                 failed.push((name, error));
             }
         }
         failed
+    }
+
+    /// Registers guest `name` for `POST /api/v1/guests`: as
+    /// [`register_with`](Self::register_with), with `access` as in
+    /// [`register_with_access`](Self::register_with_access) when `Some`, refused with
+    /// [`RegisterError::TooManyGuests`] when the hub holds `--max-guests` guests already.
+    ///
+    /// # Errors
+    /// See [`RegisterError`]; nothing is left behind on error.
+    pub async fn register_requested(
+        &self,
+        name: &str,
+        reach: Reach,
+        access: Option<SocketAccess>,
+    ) -> Result<GuestDetail, RegisterError> {
+        let limit = self.inner.vsock.max_guests;
+        let (detail, _) = self
+            .register_within(name, reach, Some(limit), None, access)
+            .await?;
+        Ok(detail)
     }
 
     /// Registers guest `cid-<cid>` for a kernel vsock message from an unknown CID
@@ -452,12 +487,22 @@ impl Registry {
                 guest: guest.clone(),
             });
         }
+        // Binding makes the guest's directory: a failure from here on removes it again.
+        let made_dir = RemoveOnFailure(Some(self.inner.guests_dir.join(name)));
         // The hybrid socket first: should the notify socket fail, dropping it removes its file.
         let hybrid = reach
             .hybrid()
             .map(|hybrid| {
                 HybridListener::bind(Path::new(hybrid.uds_path()), hybrid.port(), hybrid.cid())
-                    .map_err(|source| bind_error(hybrid.socket().into(), source))
+                    .map_err(|source| match source.kind() {
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => {
+                            RegisterError::HybridPath {
+                                path: hybrid.socket().into(),
+                                source,
+                            }
+                        }
+                        _ => bind_error(hybrid.socket().into(), source),
+                    })
             })
             .transpose()?;
         let socket = match inherited {
@@ -479,7 +524,7 @@ impl Registry {
                     .ok_or_else(|| RegisterError::Exists(name.to_owned()))?
             }
             None => hub
-                .accept_registration(name, &path, reach.clone(), clock::now())
+                .accept_registration_with_access(name, &path, reach.clone(), access, clock::now())
                 .await?
                 .map_err(|_| RegisterError::Exists(name.to_owned()))?,
         };
@@ -544,6 +589,7 @@ impl Registry {
                 "registered"
             ),
         }
+        made_dir.keep();
         Ok((detail, route))
     }
 
@@ -607,6 +653,33 @@ impl Registry {
     }
 }
 
+/// A guest's directory that a failed registration removes again (if it is empty: a directory
+/// with anything in it is not the failed registration's), so that it leaves nothing behind.
+/// Removed when dropped on a failure path; [`keep`](Self::keep) on success.
+struct RemoveOnFailure(Option<PathBuf>);
+
+impl RemoveOnFailure {
+    /// The registration succeeded: the directory stays.
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnFailure {
+    fn drop(&mut self) {
+        let Some(dir) = self.0.take() else { return };
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => debug!(dir = %dir.display(), "failed registration's directory removed"),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                ) => {}
+            Err(error) => warn!(dir = %dir.display(), %error, "cannot remove guest directory"),
+        }
+    }
+}
+
 /// [`RegisterError::OutOfFiles`] when `bind` ran out of descriptors (`EMFILE`, `ENFILE`),
 /// else [`RegisterError::Bind`].
 fn bind_error(path: PathBuf, source: io::Error) -> RegisterError {
@@ -647,7 +720,8 @@ async fn receive(
 ) {
     let limiter = limiter.as_deref();
     let mut deadline = None;
-    let mut received = Vec::with_capacity(RECV_BATCH);
+    // Grows with the first batch and keeps its room: a guest that never sent holds none.
+    let mut received = Vec::new();
     loop {
         tokio::select! {
             biased;
@@ -751,7 +825,10 @@ async fn take(
                 at: now,
                 sender: datagram.sender(),
                 bytes: datagram.payload,
-                fds: datagram.fds,
+                fds: datagram.fds.len(),
+                // Only the first fd is held until the datagram is applied (a `BARRIER=1`
+                // sender waits for it); the others close here.
+                held: datagram.fds.into_iter().next(),
             }),
             Received::Dropped { reason, len, .. } => {
                 debug!(?reason, len, "datagram dropped by the transport");

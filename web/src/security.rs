@@ -12,13 +12,22 @@
 //!   site is refused with 403, by `Sec-Fetch-Site`, else `Origin`; requests without either
 //!   (curl, the `notifyhub` client) pass. The algorithm is Go's `net/http.CrossOriginProtection`
 //!   (Go 1.25).
+//! - **DNS rebinding** ([`check_host`], [`AllowedHosts`]): without a token, a TCP listener
+//!   answers only requests whose `Host` is an IP literal, `localhost`, `*.localhost` or an
+//!   `--allowed-host` name, else 421; a page of `evil.example` whose name was rebound to
+//!   127.0.0.1 sends `Host: evil.example` and is refused. With a token the token protects (a
+//!   browser never adds it to another site's request), and on a UNIX socket `Host` means
+//!   nothing.
 //! - **Sizes** ([`MAX_BODY_LEN`], [`MAX_QUERY_LEN`], [`limit_query`]): 413 for a larger body,
 //!   414 for a longer query string.
 //! - **Guest sockets** ([`parse_socket_mode`], [`parse_socket_owner`]): the mode and owner of
 //!   each guest's notify socket (`--socket-mode`, `--socket-owner`, or per guest in `POST
 //!   /api/v1/guests`), for user-namespaced containers whose root is some host uid.
 //!
-//! Refusals are `{"error": "…"}` JSON under `/api/`, plain text elsewhere.
+//! Refusals are `{"error": "…"}` JSON under `/api/`, plain text elsewhere. What a refused
+//! request sent is shown in logs and answers cut to [`MAX_SHOWN_LEN`] bytes and escaped
+//! ([`shown`]), and refusals are logged once, then at most once per
+//! [`LOG_INTERVAL`](crate::limit::LOG_INTERVAL) with their count ([`RefusalLog`]).
 
 use std::fmt;
 use std::io;
@@ -37,6 +46,8 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tracing::warn;
 
+use crate::limit::LOG_INTERVAL;
+
 /// The largest request body, in bytes: 16 KiB, far more than `POST /api/v1/guests` needs. A
 /// larger one is refused with 413 before it is read (axum's `DefaultBodyLimit`).
 pub const MAX_BODY_LEN: usize = 16 * 1024;
@@ -49,6 +60,9 @@ pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Mode of the HTTP UNIX socket without `--listen-mode`: owner only.
 pub const DEFAULT_HTTP_SOCKET_MODE: u32 = 0o600;
+
+/// The most bytes of a client's header value or path that a log line or a refusal shows.
+pub const MAX_SHOWN_LEN: usize = 200;
 
 /// `notifyhub serve`'s access options: who may use HTTP and who may send to the guests'
 /// sockets.
@@ -64,6 +78,12 @@ pub struct AccessArgs {
     /// remove and watch guests).
     #[arg(long, conflicts_with = "token_file")]
     pub insecure_no_auth: bool,
+    /// Without a token, answer requests for host NAME too (repeatable; e.g. hub.example when
+    /// the hub is reached by that DNS name). Otherwise only a Host that is an IP address,
+    /// localhost or *.localhost is answered, so that another site's page cannot reach the hub
+    /// by rebinding its own name to 127.0.0.1 (421 Misdirected Request).
+    #[arg(long = "allowed-host", value_name = "NAME", value_parser = parse_allowed_host)]
+    pub allowed_hosts: Vec<String>,
     /// Permission bits of the HTTP socket of --listen unix:PATH (octal).
     #[arg(long, value_name = "MODE", default_value = "0600", value_parser = parse_socket_mode)]
     pub listen_mode: u32,
@@ -90,6 +110,7 @@ impl AccessArgs {
         Ok(HttpAuth {
             token: token.map(Arc::new),
             insecure_no_auth: self.insecure_no_auth,
+            allowed_hosts: AllowedHosts::new(self.allowed_hosts.iter().map(String::as_str)),
         })
     }
 
@@ -155,6 +176,9 @@ pub struct HttpAuth {
     pub token: Option<Arc<Token>>,
     /// `--insecure-no-auth`: serve a non-loopback address without a token anyway.
     pub insecure_no_auth: bool,
+    /// `--allowed-host`: the names a TCP listener without a token answers to besides IP
+    /// literals and `localhost` ([`check_host`]).
+    pub allowed_hosts: AllowedHosts,
 }
 
 /// `serve` would listen on a non-loopback address with no authentication.
@@ -187,9 +211,10 @@ impl HttpAuth {
 }
 
 /// A bearer token, kept only as its SHA-256 digest: comparing digests in constant time hides
-/// both the token's bytes and its length from a timing attacker.
+/// both the token's bytes and its length from a timing attacker. [`Token::reload`] replaces it
+/// in place, so that the HTTP middleware that holds it checks the new one from then on.
 pub struct Token {
-    digest: [u8; 32],
+    digest: std::sync::RwLock<[u8; 32]>,
 }
 
 impl fmt::Debug for Token {
@@ -265,7 +290,7 @@ impl Token {
     /// The token `secret`.
     pub fn new(secret: &str) -> Self {
         Self {
-            digest: Sha256::digest(secret.as_bytes()).into(),
+            digest: std::sync::RwLock::new(Sha256::digest(secret.as_bytes()).into()),
         }
     }
 
@@ -277,10 +302,29 @@ impl Token {
         read_token_file(path).map(|secret| Self::new(&secret))
     }
 
+    /// Makes this the token in `path` ([`read_token_file`]), as on SIGHUP; whether it changed.
+    ///
+    /// # Errors
+    /// As [`read_token_file`]; the token then stays as it was.
+    pub fn reload(&self, path: &Path) -> Result<bool, TokenError> {
+        let new: [u8; 32] = Sha256::digest(read_token_file(path)?.as_bytes()).into();
+        let mut digest = self
+            .digest
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let changed = *digest != new;
+        *digest = new;
+        Ok(changed)
+    }
+
     /// Whether `presented` is this token, in time independent of both.
     pub fn matches(&self, presented: &[u8]) -> bool {
         let digest: [u8; 32] = Sha256::digest(presented).into();
-        self.digest.ct_eq(&digest).into()
+        let current = *self
+            .digest
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        current.ct_eq(&digest).into()
     }
 }
 
@@ -308,10 +352,13 @@ pub async fn require_token(
     let (challenge, message) = match presented {
         Some(presented) if token.matches(presented) => return next.run(request).await,
         Some(_) => {
-            warn!(
-                path = request.uri().path(),
-                "request with a wrong bearer token"
-            );
+            static LOG: RefusalLog = RefusalLog::new();
+            if let Some(refused) = LOG.note() {
+                warn!(
+                    path = shown(request.uri().path().as_bytes()),
+                    refused, "request with a wrong bearer token refused"
+                );
+            }
             (
                 r#"Bearer realm="notifyhub", error="invalid_token""#,
                 "wrong bearer token",
@@ -355,11 +402,180 @@ pub async fn reject_cross_site(request: Request, next: Next) -> Response {
     match cross_site(request.headers()) {
         None => next.run(request).await,
         Some(why) => {
-            warn!(method = %request.method(), path = request.uri().path(), why, "cross-site request refused");
+            static LOG: RefusalLog = RefusalLog::new();
+            if let Some(refused) = LOG.note() {
+                warn!(
+                    method = %request.method(),
+                    path = shown(request.uri().path().as_bytes()),
+                    why,
+                    refused,
+                    "cross-site request refused"
+                );
+            }
             let message = format!("cross-site {} refused: {why}", request.method());
             refuse(&request, StatusCode::FORBIDDEN, message)
         }
     }
+}
+
+/// A client's bytes (a header value, a path) for a log line or an answer: escaped as guest text
+/// is ([`crate::text::escape_bytes`]), and when longer than [`MAX_SHOWN_LEN`] bytes cut there,
+/// with `…` and the full length after it.
+pub fn shown(value: &[u8]) -> String {
+    match value.get(..MAX_SHOWN_LEN) {
+        Some(head) if value.len() > MAX_SHOWN_LEN => format!(
+            "{}… ({} bytes)",
+            crate::text::escape_bytes(head),
+            value.len()
+        ),
+        _ => crate::text::escape_bytes(value),
+    }
+}
+
+/// Throttles the log lines of one kind of refusal, hub-wide: the first is logged, then at most
+/// one line per [`LOG_INTERVAL`], whose `refused=` counts the refusals since the line before.
+/// A client that sends thousands of refused requests writes a line every 10 s, not a line each.
+#[derive(Debug)]
+pub struct RefusalLog(std::sync::Mutex<(Option<std::time::Instant>, u64)>);
+
+impl RefusalLog {
+    /// No refusal yet.
+    pub const fn new() -> Self {
+        Self(std::sync::Mutex::new((None, 0)))
+    }
+
+    /// Counts one refusal now; how many to report when a line is due, `None` when not.
+    pub fn note(&self) -> Option<u64> {
+        self.note_at(std::time::Instant::now())
+    }
+
+    /// [`note`](Self::note) at `now`.
+    fn note_at(&self, now: std::time::Instant) -> Option<u64> {
+        // An instant and a counter: a poisoned lock still holds usable ones.
+        let mut log = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (last, unlogged) = &mut *log;
+        *unlogged += 1;
+        if last.is_some_and(|last| now.duration_since(last) < LOG_INTERVAL) {
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(unlogged))
+    }
+}
+
+impl Default for RefusalLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The host names a hub without a token answers to besides IP literals, `localhost` and
+/// `*.localhost` (`--allowed-host`), lower case, without a trailing dot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowedHosts(Vec<String>);
+
+impl AllowedHosts {
+    /// These names (as [`parse_allowed_host`] gives them).
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        Self(
+            names
+                .into_iter()
+                .map(|name| name.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
+        )
+    }
+
+    /// Whether a request with `Host: host` is for this hub: an IP literal (`127.0.0.1`,
+    /// `[::1]`), `localhost`, a name under `.localhost` (RFC 6761 §6.3: always loopback), or an
+    /// allowed name; any port (the port a client used reached this listener). Case-insensitive;
+    /// a trailing dot is ignored.
+    pub fn allows(&self, host: &[u8]) -> bool {
+        let Ok(host) = std::str::from_utf8(host) else {
+            return false;
+        };
+        if let Some(rest) = host.strip_prefix('[') {
+            // "[v6]" or "[v6]:port"
+            return rest.split_once(']').is_some_and(|(ip, port)| {
+                ip.parse::<std::net::Ipv6Addr>().is_ok()
+                    && (port.is_empty() || port.strip_prefix(':').is_some_and(is_port))
+            });
+        }
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        };
+        if name.parse::<std::net::Ipv4Addr>().is_ok() {
+            return true;
+        }
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        name == "localhost" || name.ends_with(".localhost") || self.0.contains(&name)
+    }
+}
+
+fn is_port(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Parses `--allowed-host`: a DNS name (letters, digits, `-`, `.`; no port).
+///
+/// # Errors
+/// A sentence for clap to show.
+pub fn parse_allowed_host(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 253
+        && text.trim_end_matches('.').split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "expected a host name such as hub.example (letters, digits, '-' and '.'; no port), \
+             not {text:?}"
+        ))
+    }
+}
+
+/// Middleware: 421 Misdirected Request unless the request's `Host` is one this hub answers to
+/// ([`AllowedHosts::allows`]); a request without `Host` (HTTP/1.0) passes, as no browser sends
+/// one. For a TCP listener without a token: a page whose DNS name was rebound to 127.0.0.1 is
+/// same-origin with itself, so `Sec-Fetch-Site`/`Origin` cannot tell it from the dashboard,
+/// but its `Host` still names it.
+pub async fn check_host(
+    State(hosts): State<Arc<AllowedHosts>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(host) = request.headers().get(header::HOST) else {
+        return next.run(request).await;
+    };
+    if hosts.allows(host.as_bytes()) {
+        return next.run(request).await;
+    }
+    let host = shown(host.as_bytes());
+    static LOG: RefusalLog = RefusalLog::new();
+    if let Some(refused) = LOG.note() {
+        warn!(
+            host,
+            path = shown(request.uri().path().as_bytes()),
+            refused,
+            "request for another host refused (421; --allowed-host NAME admits a name)"
+        );
+    }
+    let message = format!(
+        "this hub does not answer for host \"{host}\": without a token it answers only an IP \
+         address, localhost and the names given by --allowed-host (a protection against DNS \
+         rebinding); start it with --allowed-host NAME to reach it by a name"
+    );
+    refuse(&request, StatusCode::MISDIRECTED_REQUEST, message)
 }
 
 /// Why a request with these headers came from another site, or `None` when it did not.
@@ -367,10 +583,7 @@ fn cross_site(headers: &HeaderMap) -> Option<String> {
     if let Some(site) = headers.get("sec-fetch-site") {
         return match site.as_bytes() {
             b"same-origin" | b"none" => None,
-            other => Some(format!(
-                "Sec-Fetch-Site is {:?}",
-                String::from_utf8_lossy(other)
-            )),
+            other => Some(format!("Sec-Fetch-Site is \"{}\"", shown(other))),
         };
     }
     let origin = headers.get(header::ORIGIN)?;
@@ -384,8 +597,8 @@ fn cross_site(headers: &HeaderMap) -> Option<String> {
     match (authority, host) {
         (Some(authority), Some(host)) if authority.eq_ignore_ascii_case(host) => None,
         _ => Some(format!(
-            "Origin {:?} is not this hub",
-            String::from_utf8_lossy(origin.as_bytes())
+            "Origin \"{}\" is not this hub",
+            shown(origin.as_bytes())
         )),
     }
 }
@@ -562,11 +775,11 @@ mod tests {
         }
         let with_token = HttpAuth {
             token: Some(Arc::new(Token::new("0123456789abcdef"))),
-            insecure_no_auth: false,
+            ..HttpAuth::default()
         };
         let insecure = HttpAuth {
-            token: None,
             insecure_no_auth: true,
+            ..HttpAuth::default()
         };
         let any: Listen = "0.0.0.0:1".parse().unwrap();
         assert_eq!(with_token.check(&any), Ok(()));
@@ -603,14 +816,17 @@ mod tests {
         }
     }
 
+    /// `text` into `file`, with permission bits `mode`.
+    fn write_with_mode(file: &Path, text: &str, mode: u32) {
+        std::fs::write(file, text).unwrap();
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
     #[test]
     fn token_files() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("token");
-        let write = |text: &str, mode: u32| {
-            std::fs::write(&file, text).unwrap();
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
-        };
+        let write = |text: &str, mode: u32| write_with_mode(&file, text, mode);
         write("0123456789abcdef\n", 0o640);
         assert_eq!(read_token_file(&file).unwrap(), "0123456789abcdef");
         write("0123456789abcdef\n", 0o644);
@@ -629,6 +845,29 @@ mod tests {
         }
         let missing = read_token_file(&dir.path().join("missing")).unwrap_err();
         assert!(matches!(missing, TokenError::Read { .. }), "{missing}");
+    }
+
+    #[test]
+    fn a_token_reloads_in_place_or_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let write = |text: &str, mode: u32| write_with_mode(&file, text, mode);
+        write("first-token-0123456789\n", 0o600);
+        let token = Token::from_file(&file).unwrap();
+        assert_eq!(token.reload(&file).ok(), Some(false), "unchanged");
+        write("second-token-0123456789\n", 0o600);
+        assert_eq!(token.reload(&file).ok(), Some(true));
+        assert!(token.matches(b"second-token-0123456789"));
+        assert!(!token.matches(b"first-token-0123456789"));
+        // A file that cannot be used leaves the token as it was.
+        for (text, mode) in [("short\n", 0o600), ("third-token-0123456789\n", 0o644)] {
+            write(text, mode);
+            assert!(token.reload(&file).is_err(), "{text:?} {mode:o}");
+            assert!(token.matches(b"second-token-0123456789"));
+        }
+        std::fs::remove_file(&file).unwrap();
+        assert!(matches!(token.reload(&file), Err(TokenError::Read { .. })));
+        assert!(token.matches(b"second-token-0123456789"));
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -683,6 +922,71 @@ mod tests {
             assert!(why.contains("is not this hub"), "{bad}: {why}");
         }
         assert!(cross_site(&headers(&[("origin", "http://127.0.0.1:7370")])).is_some());
+    }
+
+    #[test]
+    fn hosts_a_hub_without_a_token_answers() {
+        let hosts = AllowedHosts::new(["Hub.Example."]);
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:7370",
+            "10.1.2.3:80",
+            "[::1]",
+            "[::1]:7370",
+            "[fe80::1]:1",
+            "localhost",
+            "LOCALHOST:7370",
+            "localhost.",
+            "dev.localhost:1",
+            "hub.example",
+            "HUB.EXAMPLE.:7370",
+        ] {
+            assert!(hosts.allows(ok.as_bytes()), "{ok}");
+        }
+        for refused in [
+            "evil.example",
+            "evil.example:7370",
+            "hub.example.evil",
+            "localhost.evil",
+            "127.0.0.1.evil",
+            "[::1",
+            "[::1]x",
+            "[evil]:1",
+            "127.0.0.1:http",
+            "127.0.0.1:123456",
+            "",
+            ":7370",
+        ] {
+            assert!(!hosts.allows(refused.as_bytes()), "{refused}");
+        }
+        assert!(!hosts.allows(b"\xff"));
+        assert!(!AllowedHosts::default().allows(b"hub.example"));
+        assert_eq!(parse_allowed_host("hub.example"), Ok("hub.example".into()));
+        for bad in ["", "hub.example:80", "a..b", "http://x", "x y", "é.example"] {
+            assert!(parse_allowed_host(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn shown_values_are_cut_and_escaped() {
+        assert_eq!(shown(b"http://a.example"), "http://a.example");
+        assert_eq!(shown(b"a\x1b[2J\n"), "a\\x1b[2J\\n");
+        let long = vec![b'o'; 150_000];
+        let cut = shown(&long);
+        assert!(cut.ends_with("… (150000 bytes)"), "{cut}");
+        assert_eq!(cut.len(), MAX_SHOWN_LEN + "… (150000 bytes)".len());
+    }
+
+    #[test]
+    fn refusals_are_logged_first_then_once_per_interval() {
+        let log = RefusalLog::new();
+        let t0 = std::time::Instant::now();
+        assert_eq!(log.note_at(t0), Some(1));
+        for i in 1..=99 {
+            assert_eq!(log.note_at(t0 + std::time::Duration::from_millis(i)), None);
+        }
+        assert_eq!(log.note_at(t0 + LOG_INTERVAL), Some(100));
+        assert_eq!(log.note_at(t0 + LOG_INTERVAL), None);
     }
 
     #[test]

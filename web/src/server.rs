@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
+use axum::serve::{Listener, ListenerExt as _};
 use notifyhub_transport_unix::stream::SocketFile;
 use notifyhub_transport_unix::{NotifySocket, SocketAccess};
 use tokio::net::{TcpListener, UnixListener};
@@ -17,12 +17,13 @@ use tracing::{debug, info, warn};
 
 use crate::activation::{Inherited, InheritedHttp};
 use crate::journal::{Journal, JournalConfig};
+use crate::limit::HttpLimits;
 use crate::registry::Registry;
 use crate::security::{HttpAuth, Listen, Token};
 use crate::store::Hub;
 use crate::supervisor;
 use crate::vsock::{KernelListeners, VmGuest, VsockConfig, VsockSettings, VsockTasks};
-use crate::{AppState, launch, router_with_token};
+use crate::{AppState, launch, router_with_access};
 
 /// What `notifyhub serve` was asked to do.
 #[derive(Clone, Debug)]
@@ -55,6 +56,9 @@ pub struct Config {
     /// Bytes of kept messages hub-wide (`--history-memory`); see
     /// [`Limits::history_memory`](crate::store::Limits::history_memory).
     pub history_memory: usize,
+    /// How many HTTP connections at once, and how long one may idle (`--max-connections`,
+    /// `--http-idle-timeout`).
+    pub http_limits: HttpLimits,
 }
 
 /// No run directory was given and none could be derived.
@@ -136,6 +140,9 @@ pub struct Server {
     http_socket: Option<SocketFile>,
     /// The bearer token every request must carry.
     token: Option<Arc<Token>>,
+    /// The names a TCP listener without a token answers to (`--allowed-host`).
+    allowed_hosts: crate::security::AllowedHosts,
+    http_limits: HttpLimits,
     state: AppState,
     notify_sockets: Vec<(String, String)>,
     /// The kernel vsock listeners and their router, running from `bind` on.
@@ -188,6 +195,7 @@ impl Server {
             ..crate::store::Limits::default()
         });
         hub.set_ready_timeout(config.ready_timeout);
+        hub.set_max_sse_clients(config.http_limits.max_sse_clients.get());
         let journal = match &config.journal {
             Some(journal) => Some(open_journal(journal.clone(), &hub).await?),
             None => None,
@@ -216,6 +224,8 @@ impl Server {
                 listener,
                 http_socket,
                 token: config.http_auth.token.clone(),
+                allowed_hosts: config.http_auth.allowed_hosts.clone(),
+                http_limits: config.http_limits,
                 state,
                 notify_sockets,
                 vsock,
@@ -360,13 +370,20 @@ impl Server {
     /// stream and long-poll ends on that token), then closes the vsock listeners and removes
     /// every guest socket (hybrid vsock sockets too).
     ///
+    /// HTTP/1.1 by hyper, at most [`HttpLimits::connections`] connections at once, each closed
+    /// when it sends no whole request head within [`HttpLimits::idle_timeout`] ([`serve_http`]).
+    /// A TCP listener without a token answers only the hosts [`crate::security::check_host`]
+    /// allows; on a UNIX socket `Host` means nothing (curl sends `localhost`) and any passes.
+    ///
     /// # Errors
-    /// What `axum::serve` returns.
+    /// None today; the signature leaves room for a listener that fails for good.
     pub async fn run(self) -> io::Result<()> {
         let Self {
             listener,
             http_socket,
             token,
+            allowed_hosts,
+            http_limits,
             state,
             vsock,
             journal,
@@ -376,8 +393,10 @@ impl Server {
         let registry = state.registry.clone();
         // Every listener and guest socket is bound by now: the service manager may hear READY=1.
         let supervisor = tokio::spawn(supervisor::report(state.hub.clone(), shutdown.clone()));
-        let app = router_with_token(state, token);
-        let served = match listener {
+        let hosts = (token.is_none() && matches!(listener, HttpListener::Tcp(_)))
+            .then(|| Arc::new(allowed_hosts));
+        let app = router_with_access(state, token, hosts);
+        match listener {
             HttpListener::Tcp(listener) => {
                 // Without TCP_NODELAY an SSE event waits for the client's delayed ACK of the
                 // one before (Nagle): up to 40 ms on Linux.
@@ -386,16 +405,12 @@ impl Server {
                         debug!(%error, "cannot set TCP_NODELAY on a connection");
                     }
                 });
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
+                serve_http(listener, app, http_limits, shutdown).await;
             }
             HttpListener::Unix(listener) => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown.cancelled_owned())
-                    .await
+                serve_http(listener, app, http_limits, shutdown).await;
             }
-        };
+        }
         info!("stopped serving; removing the guests' sockets");
         drop(http_socket);
         vsock.stop().await;
@@ -403,11 +418,105 @@ impl Server {
         if let Some(journal) = journal {
             journal.close().await;
         }
+        // Nothing drops any more: what the drop log still holds back goes out now.
+        crate::drop_log::flush();
         // It has sent STOPPING=1 once shutdown began.
         let _ = supervisor.await;
-        served
+        Ok(())
     }
 }
+
+/// Serves `app` on `listener` (HTTP/1.1, hyper) until `shutdown` is cancelled, then stops
+/// accepting and waits for the open connections: idle ones close at once, answers in progress
+/// finish (SSE streams and long-polls end on `shutdown` themselves).
+///
+/// - **Connections**: at most `limits.connections()` at once. At the cap the hub stops calling
+///   `accept` until one closes, so further clients wait in the kernel's listen backlog (and
+///   beyond it get no answer) instead of taking descriptors the guests need. Logged when the cap
+///   is first reached, then at most once per [`LOG_INTERVAL`](crate::limit::LOG_INTERVAL) with
+///   the count of times since.
+/// - **Idle and slow clients**: hyper's `header_read_timeout` with a tokio timer, started when
+///   a connection opens and again when an answer ends: a client that sends no whole request
+///   head within `limits.idle_timeout` is disconnected (a connection that only `connect()`s, a
+///   kept-alive one left idle, a head sent a byte at a time). A request being answered is never
+///   cut.
+/// - `accept` errors (`EMFILE` and the like) are axum's [`Listener`]'s to handle: logged, and
+///   retried a second later without spinning.
+async fn serve_http<L>(
+    mut listener: L,
+    app: axum::Router,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) where
+    L: Listener,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tokio::sync::Semaphore;
+
+    let max = limits.connections();
+    info!(
+        max_connections = max,
+        idle_timeout_ms = limits.idle_timeout.as_millis(),
+        "serving HTTP"
+    );
+    let permits = Arc::new(Semaphore::new(max));
+    let at_cap = crate::security::RefusalLog::new();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout)
+        .max_buf_size(crate::limit::HTTP_MAX_BUFFER);
+    loop {
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if let Some(times) = at_cap.note() {
+                    warn!(
+                        max_connections = max,
+                        times,
+                        "at --max-connections: new HTTP connections wait in the listen backlog \
+                         until one closes"
+                    );
+                }
+                tokio::select! {
+                    permit = Arc::clone(&permits).acquire_owned() => {
+                        permit.expect("the semaphore is never closed")
+                    }
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        };
+        let (io, _) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                // A client that went away, sent garbage, or idled past the timeout.
+                debug!(%error, "HTTP connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // A client that stopped reading keeps its connection from finishing (the end of its SSE
+    // stream cannot be written): past the grace period such connections are cut.
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            grace_ms = SHUTDOWN_GRACE.as_millis(),
+            "HTTP connections still open after the grace period: closing them"
+        );
+    }
+}
+
+/// How long shutdown waits for open HTTP connections to finish their answers.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

@@ -19,25 +19,31 @@
 //! acceptance order). Forgetting a message never changes a guest's state, the fold of all of
 //! them.
 //!
+//! The event log ([`Hub::subscribe`]) is bounded likewise: its newest [`Limits::event_log`]
+//! events, within [`Limits::event_log_memory`] bytes of what they hold (the guest state each
+//! carries, its JSON once made). Live subscribers only point at those events, so a stalled one
+//! holds nothing the log let go of; it gets a [`Resync`] instead.
+//!
 //! All state sits behind one `std::sync::Mutex`. Every method that takes it is synchronous and
 //! short, so the lock is never held across an `.await`; waiting happens on the `watch` and
 //! `broadcast` channels the store hands out.
 
 use std::collections::{BTreeMap, VecDeque, btree_map};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use notifyhub_core::{
     DropReason, Drops, Event, Guest, Milestone, ParseError, Phase, Sender, Snapshot, Timestamp,
     Wait, WaitCondition, WaitOutcome,
 };
+use notifyhub_transport_unix::SocketAccess;
 use serde::{Serialize, Serializer};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::limit::LogThrottle;
+use crate::drop_log::drop_log;
 use crate::metrics::{Metrics, drops_gained};
 use crate::vsock::Reach;
 
@@ -49,11 +55,16 @@ pub struct Limits {
     /// Bytes of kept messages hub-wide, each costing [`Record::cost`]: past it the oldest kept
     /// messages of any guest are forgotten first (`notifyhub serve --history-memory`).
     pub history_memory: usize,
-    /// Hub events kept for `Last-Event-ID` resumes.
+    /// Hub events kept for `Last-Event-ID` resumes (the newest is always kept).
     pub event_log: usize,
+    /// Bytes the kept hub events may hold, each costing what [`HubEvent::json`] and the state
+    /// it carries take: past it the oldest are forgotten first, so that resumes from before
+    /// them get a [`Resync`] (the newest is always kept).
+    pub event_log_memory: usize,
     /// Hub events a live subscriber may fall behind before it lags and gets a [`Resync`]. One
-    /// ring serves every subscriber and holds the events the resume log holds anyway, so a
-    /// larger one costs a pointer per slot, not memory per client.
+    /// ring serves every subscriber and holds weak references to the events the resume log
+    /// keeps, so a larger one costs a pointer per slot, not memory per client: a subscriber
+    /// that falls behind what the log keeps gets a [`Resync`] too.
     pub live: usize,
 }
 
@@ -63,6 +74,7 @@ impl Default for Limits {
             history: 4096,
             history_memory: DEFAULT_HISTORY_MEMORY,
             event_log: 8192,
+            event_log_memory: DEFAULT_EVENT_LOG_MEMORY,
             live: 8192,
         }
     }
@@ -73,6 +85,12 @@ impl Default for Limits {
 /// (tens of messages) for each of 10 000 guests, hundreds each for 1 000. The journal keeps
 /// more (`--retain-messages`); this bounds what the hub holds in memory.
 pub const DEFAULT_HISTORY_MEMORY: usize = 128 << 20;
+
+/// Default [`Limits::event_log_memory`]: 8 MiB. A systemd boot's events cost 1–2 KiB each with
+/// their JSON (the guest's state rides along), so this keeps thousands of them; an event of a
+/// guest that changes a 4 KiB `STATUS=` with every message costs 8.5 KiB, 17 KiB with its JSON,
+/// so 500 to 1,000 of those. Without the bound, 8,192 of those held some 140 MiB.
+pub const DEFAULT_EVENT_LOG_MEMORY: usize = 8 << 20;
 
 /// What one kept message costs beyond its datagram's bytes, in bytes: the [`Record`] in its
 /// `Arc`, its slot in the guest's history and its slot in the hub-wide eviction order.
@@ -96,6 +114,9 @@ struct Inner {
     /// Set while [`crate::journal::Journal::open`] replays the journal ([`Hub::replaying`]):
     /// inputs then rebuild the state only, without logging or counting them as news.
     replaying: AtomicBool,
+    /// Open SSE streams' slots (`--max-sse-clients`), set once by [`Hub::set_max_sse_clients`];
+    /// unset: no cap.
+    sse_slots: OnceLock<Arc<tokio::sync::Semaphore>>,
 }
 
 #[derive(Debug)]
@@ -153,17 +174,38 @@ struct Entry {
     /// The state after the last input, when that input caused events (which carry it) and
     /// nothing was published since: [`Entry::publish`] sends it instead of making another.
     fresh: Option<Arc<Snapshot>>,
-    /// Throttles the log lines of the guest's drops ([`Entry::publish`]).
-    drop_log: LogThrottle,
+    /// Its notify socket's own mode and owner (`POST /api/v1/guests`), kept by the journal so
+    /// that a restored guest's socket is bound as before; `None`: the hub's `--socket-mode`.
+    socket_access: Option<SocketAccess>,
 }
 
 /// The hub-wide log of [`HubEvent`]s: ids, a ring for resumes, and the live channel.
+///
+/// The ring owns the events; the live channel only points at them (`Weak`), so what the hub
+/// holds for every subscriber, a stalled one too, is what the ring keeps: at most
+/// [`Limits::event_log`] events and [`Limits::event_log_memory`] bytes.
 #[derive(Debug)]
 struct EventLog {
     last_id: u64,
-    ring: VecDeque<Arc<HubEvent>>,
+    ring: VecDeque<HeldEvent>,
     capacity: usize,
-    live: broadcast::Sender<Arc<HubEvent>>,
+    /// [`Limits::event_log_memory`].
+    budget: usize,
+    /// The sum of [`HeldEvent::cost`] over the ring.
+    bytes: usize,
+    /// The bytes of the JSON that events in the ring made ([`HubEvent::json`]), made outside
+    /// the lock and counted by the events themselves.
+    json_bytes: Arc<AtomicUsize>,
+    live: broadcast::Sender<(u64, Weak<HubEvent>)>,
+}
+
+/// An event in the [`EventLog`]'s ring, with what it holds.
+#[derive(Debug)]
+struct HeldEvent {
+    event: Arc<HubEvent>,
+    /// Its bytes ([`HubEvent::cost`]), plus its state's ([`snapshot_cost`]) unless the next
+    /// event carries the same state (the events of one input share it: it goes with the last).
+    cost: usize,
 }
 
 /// A guest's state without its timeline: the SSE `snapshot`, and what a [`Resync`] carries.
@@ -285,7 +327,7 @@ impl Serialize for Change {
 }
 
 /// One entry of the hub-wide event log: a change of one guest.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct HubEvent {
     /// Hub-wide, from 1, increasing by one per event.
     pub id: u64,
@@ -299,7 +341,19 @@ pub struct HubEvent {
     /// [`HubEvent::json`], made once for every subscriber.
     #[serde(skip)]
     json: OnceLock<Arc<str>>,
+    /// [`EventLog::json_bytes`], where the JSON is counted while the ring holds the event.
+    #[serde(skip)]
+    json_bytes: Arc<AtomicUsize>,
+    /// The JSON's bytes counted in `json_bytes`: [`JSON_UNCOUNTED`] before it is made,
+    /// [`JSON_RELEASED`] once the ring let go of the event (nothing to count any more).
+    #[serde(skip)]
+    json_counted: AtomicUsize,
 }
+
+/// [`HubEvent::json_counted`] of an event in the ring whose JSON is not made yet.
+const JSON_UNCOUNTED: usize = 0;
+/// [`HubEvent::json_counted`] of an event the ring no longer holds.
+const JSON_RELEASED: usize = usize::MAX;
 
 impl HubEvent {
     /// The event as JSON (its [`Serialize`] form), serialised on the first call only: every
@@ -308,12 +362,87 @@ impl HubEvent {
         self.json
             .get_or_init(|| {
                 // Plain data of strings and numbers: serialising it cannot fail.
-                serde_json::to_string(self)
+                let json: Arc<str> = serde_json::to_string(self)
                     .expect("hub events serialise")
-                    .into()
+                    .into();
+                // Counted first, then claimed: the ring may let go of the event in between,
+                // and then takes back only what was claimed.
+                let cost = ARC_HEADER + json.len();
+                self.json_bytes.fetch_add(cost, Ordering::SeqCst);
+                if self
+                    .json_counted
+                    .compare_exchange(JSON_UNCOUNTED, cost, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+                {
+                    self.json_bytes.fetch_sub(cost, Ordering::SeqCst);
+                }
+                json
             })
             .clone()
     }
+
+    /// What the event holds of its own, in bytes: itself in its `Arc`, its guest's name and
+    /// the text of its [`Change`]. Its state ([`snapshot_cost`]) and its JSON are counted apart.
+    fn cost(&self) -> usize {
+        let text = match &self.event {
+            Change::Guest(event) => event_text_len(event),
+            Change::Registered | Change::Removed => 0,
+        };
+        ARC_HEADER + size_of::<Self>() + self.guest.capacity() + text
+    }
+
+    /// The ring let go of it: uncounts its JSON from `json_bytes`, and stops any JSON made
+    /// from now on from being counted.
+    fn release(&self) {
+        let counted = self.json_counted.swap(JSON_RELEASED, Ordering::SeqCst);
+        if counted != JSON_UNCOUNTED && counted != JSON_RELEASED {
+            self.json_bytes.fetch_sub(counted, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The reference counts in front of an `Arc`'s value, in bytes.
+const ARC_HEADER: usize = 2 * size_of::<usize>();
+
+/// The heap bytes of an [`Event`]'s text (a unit name, a status, …).
+fn event_text_len(event: &Event) -> usize {
+    let len = |text: &Option<String>| text.as_ref().map_or(0, String::capacity);
+    match event {
+        Event::StatusChanged { status } => len(status),
+        Event::Hostname { hostname } => hostname.capacity(),
+        Event::MachineId { machine_id } => machine_id.capacity(),
+        Event::UnitActive { unit } | Event::UnitInactive { unit } => unit.capacity(),
+        Event::Shutdown { shutdown, .. } => {
+            shutdown.verb.capacity() + len(&shutdown.reboot_parameter)
+        }
+        // Numbers, phases and times only.
+        _ => 0,
+    }
+}
+
+/// What a guest's [`Snapshot`] in its `Arc` takes, in bytes: the struct and every text it
+/// holds (allocator rounding not counted).
+fn snapshot_cost(snapshot: &Snapshot) -> usize {
+    let len = |text: &Option<String>| text.as_ref().map_or(0, String::capacity);
+    let shutdown = snapshot.shutdown.as_ref().map_or(0, |shutdown| {
+        shutdown.verb.capacity() + len(&shutdown.reboot_parameter)
+    });
+    let units = snapshot.active_units.capacity() * size_of::<String>()
+        + snapshot
+            .active_units
+            .iter()
+            .map(String::capacity)
+            .sum::<usize>();
+    ARC_HEADER
+        + size_of::<Snapshot>()
+        + snapshot.name.capacity()
+        + len(&snapshot.status)
+        + len(&snapshot.hostname)
+        + len(&snapshot.machine_id)
+        + len(&snapshot.bus_error)
+        + len(&snapshot.varlink_error)
+        + shutdown
+        + units
 }
 
 /// Sent to a subscriber instead of events it cannot have: the state of every guest it follows.
@@ -355,13 +484,14 @@ pub struct Feed {
     guest: Option<String>,
     /// Items decided at subscription time, handed out before any live event.
     backlog: VecDeque<FeedItem>,
-    live: broadcast::Receiver<Arc<HubEvent>>,
+    live: broadcast::Receiver<(u64, Weak<HubEvent>)>,
     /// The id of the last event accounted for; live events up to it are duplicates.
     after: u64,
 }
 
 impl Feed {
-    /// The next item. Cancel-safe. A subscriber that falls [`Limits::live`] events behind gets a
+    /// The next item. Cancel-safe. A subscriber that falls [`Limits::live`] events behind, or
+    /// behind the oldest event the log keeps ([`Limits::event_log_memory`]), gets a
     /// [`FeedItem::Resync`] instead of the events it missed, so a slow client costs bounded
     /// memory.
     pub async fn next(&mut self) -> FeedItem {
@@ -370,24 +500,33 @@ impl Feed {
         }
         loop {
             match self.live.recv().await {
-                Ok(event) => {
-                    if event.id <= self.after || !self.follows(&event.guest) {
+                Ok((id, event)) => {
+                    if id <= self.after {
+                        continue;
+                    }
+                    // Gone: the log let go of it before this subscriber took it.
+                    let Some(event) = event.upgrade() else {
+                        return self.resync();
+                    };
+                    if !self.follows(&event.guest) {
                         continue;
                     }
                     self.after = event.id;
                     return FeedItem::Event(event);
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    let resync = self.hub.lock().resync(self.guest.as_deref());
-                    self.after = resync.id;
-                    return FeedItem::Resync(resync);
-                }
+                Err(broadcast::error::RecvError::Lagged(_)) => return self.resync(),
                 // The sender lives in the hub, which `self.hub` keeps alive.
                 Err(broadcast::error::RecvError::Closed) => {
                     unreachable!("the hub's event channel closed while a feed holds the hub")
                 }
             }
         }
+    }
+
+    fn resync(&mut self) -> FeedItem {
+        let resync = self.hub.lock().resync(self.guest.as_deref());
+        self.after = resync.id;
+        FeedItem::Resync(resync)
     }
 
     fn follows(&self, guest: &str) -> bool {
@@ -465,7 +604,10 @@ impl Hub {
         let log = EventLog {
             last_id: 0,
             ring: VecDeque::new(),
-            capacity: limits.event_log,
+            capacity: limits.event_log.max(1),
+            budget: limits.event_log_memory,
+            bytes: 0,
+            json_bytes: Arc::new(AtomicUsize::new(0)),
             live,
         };
         Self {
@@ -481,6 +623,7 @@ impl Hub {
                 metrics: Metrics::new(),
                 journal: OnceLock::new(),
                 replaying: AtomicBool::new(false),
+                sse_slots: OnceLock::new(),
             }),
         }
     }
@@ -489,6 +632,30 @@ impl Hub {
     /// and its long-polls while they wait.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Caps the SSE streams open at once at `max` (`--max-sse-clients`); takes effect once,
+    /// before serving: a later call changes nothing.
+    pub fn set_max_sse_clients(&self, max: usize) {
+        let _ = self
+            .inner
+            .sse_slots
+            .set(Arc::new(tokio::sync::Semaphore::new(max)));
+    }
+
+    /// A slot for one more SSE stream, held until the stream ends; `None` when
+    /// [`set_max_sse_clients`](Self::set_max_sse_clients)'s cap is reached. Without a cap, a
+    /// slot that holds nothing.
+    pub fn sse_slot(&self) -> Option<SseSlot> {
+        match self.inner.sse_slots.get() {
+            Some(slots) => {
+                let permit = Arc::clone(slots).try_acquire_owned().ok()?;
+                Some(SseSlot {
+                    _permit: Some(permit),
+                })
+            }
+            None => Some(SseSlot { _permit: None }),
+        }
     }
 
     /// Marks the inputs applied until the returned guard drops as a replay of the journal:
@@ -556,7 +723,7 @@ impl Hub {
             accepted,
             snapshot,
             fresh: None,
-            drop_log: LogThrottle::default(),
+            socket_access: None,
         };
         *next_generation += 1;
         for record in &entry.history {
@@ -602,6 +769,19 @@ impl Hub {
         if let Some(entry) = self.lock().guests.get_mut(name) {
             entry.notify_socket = notify_socket.into();
         }
+    }
+
+    /// Gives guest `name` a notify socket mode and owner of its own (`None`: the hub's), for
+    /// the registry to bind its socket with after a restart ([`Hub::socket_access`]).
+    pub(crate) fn set_socket_access(&self, name: &str, access: Option<SocketAccess>) {
+        if let Some(entry) = self.lock().guests.get_mut(name) {
+            entry.socket_access = access;
+        }
+    }
+
+    /// Guest `name`'s own notify socket mode and owner, if it was registered with them.
+    pub fn socket_access(&self, name: &str) -> Option<SocketAccess> {
+        self.lock().guests.get(name)?.socket_access
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -669,7 +849,7 @@ impl Hub {
             accepted: 0,
             snapshot,
             fresh: None,
-            drop_log: LogThrottle::default(),
+            socket_access: None,
         });
         log.emit(name, Change::Registered, entry.summary());
         Ok(entry.detail())
@@ -1004,7 +1184,11 @@ impl Hub {
         let mut backlog = VecDeque::new();
         let mut after = state.log.last_id;
         if let Some(last_seen) = last_event_id {
-            let oldest_held = state.log.ring.front().map_or(after + 1, |event| event.id);
+            let oldest_held = state
+                .log
+                .ring
+                .front()
+                .map_or(after + 1, |held| held.event.id);
             if last_seen > after || last_seen + 1 < oldest_held {
                 let resync = state.resync(guest);
                 after = resync.id;
@@ -1015,6 +1199,7 @@ impl Hub {
                         .log
                         .ring
                         .iter()
+                        .map(|held| &held.event)
                         .filter(|event| event.id > last_seen)
                         .filter(|event| guest.is_none_or(|name| name == event.guest))
                         .cloned()
@@ -1102,28 +1287,31 @@ impl Entry {
         }
     }
 
-    /// Logs the drops gained from `before` to `after` at warn, throttled per guest (the first,
-    /// then at most one line per [`crate::limit::LOG_INTERVAL`] with the count since the last
-    /// line). Rate-limited drops are left to the rate limiter's own line.
-    fn log_drops(&mut self, before: &Drops, after: &Drops) {
-        let gained: Vec<_> = drops_gained(before, after)
-            .into_iter()
-            .filter(|(reason, _)| reason != "rate_limited")
-            .collect();
-        let count = gained.iter().map(|(_, count)| count).sum();
-        if count == 0 {
-            return;
-        }
-        if let Some(dropped) = self.drop_log.note_many(Instant::now(), count) {
-            let reasons: Vec<_> = gained.into_iter().map(|(reason, _)| reason).collect();
-            warn!(
-                guest = &*self.name,
-                reason = reasons.join(","),
-                dropped,
-                "messages dropped (counted in the guest's drops)"
-            );
+    /// Logs the drops gained from `before` to `after` at warn, throttled per guest and reason
+    /// ([`crate::drop_log`]: the first of a burst at once, the rest summed up when its window
+    /// ends). Rate-limited drops are left to the rate limiter, which logs them as it counts.
+    fn log_drops(&self, before: &Drops, after: &Drops) {
+        let now = Instant::now();
+        for (reason, count) in drops_gained(before, after) {
+            if reason == "rate_limited" {
+                continue;
+            }
+            if let Some(dropped) = drop_log().note(&self.name, &reason, count, now) {
+                warn!(
+                    guest = &*self.name,
+                    reason, dropped, "messages dropped (counted in the guest's drops)"
+                );
+            }
         }
     }
+}
+
+/// An open SSE stream's place under `--max-sse-clients` ([`Hub::sse_slot`]), given back when
+/// dropped.
+#[derive(Debug)]
+#[must_use = "the slot is given back when this is dropped"]
+pub struct SseSlot {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Stale [`Kept::order`] entries tolerated beyond one per kept message before a compaction.
@@ -1219,15 +1407,39 @@ impl EventLog {
             event,
             snapshot,
             json: OnceLock::new(),
+            json_bytes: self.json_bytes.clone(),
+            json_counted: AtomicUsize::new(JSON_UNCOUNTED),
         });
-        if self.capacity > 0 {
-            if self.ring.len() == self.capacity {
-                self.ring.pop_front();
-            }
-            self.ring.push_back(event.clone());
+        let mut cost = event.cost() + snapshot_cost(&event.snapshot.snapshot);
+        // The events of one input share its state: it is counted with the last of them,
+        // which the ring lets go of last.
+        if let Some(previous) = self.ring.back_mut()
+            && Arc::ptr_eq(&previous.event.snapshot.snapshot, &event.snapshot.snapshot)
+        {
+            let shared = snapshot_cost(&event.snapshot.snapshot);
+            previous.cost -= shared;
+            self.bytes -= shared;
+        }
+        cost += size_of::<HeldEvent>();
+        self.bytes += cost;
+        let weak = Arc::downgrade(&event);
+        self.ring.push_back(HeldEvent { event, cost });
+        while self.ring.len() > self.capacity
+            || (self.ring.len() > 1 && self.held_bytes() > self.budget)
+        {
+            let Some(oldest) = self.ring.pop_front() else {
+                break;
+            };
+            self.bytes -= oldest.cost;
+            oldest.event.release();
         }
         // An error only means nobody listens right now.
-        let _ = self.live.send(event);
+        let _ = self.live.send((self.last_id, weak));
+    }
+
+    /// What the kept events hold, in bytes: themselves, their states and their JSON.
+    fn held_bytes(&self) -> usize {
+        self.bytes + self.json_bytes.load(Ordering::SeqCst)
     }
 }
 
@@ -1602,6 +1814,115 @@ mod tests {
         assert_eq!(resync.id, hub.guests().last_event_id);
         assert_eq!(resync.guests[0].snapshot.status.as_deref(), Some("4"));
         send(&hub, "a", b"STATUS=5").unwrap();
+        assert_eq!(ids(&drain(&mut feed)), [resync.id + 1]);
+    }
+
+    /// A 4 KB `STATUS=` that changes with every message: each event holds it twice (the
+    /// event's text and the state it carries), its JSON twice more.
+    fn big_status(i: usize) -> Vec<u8> {
+        format!("STATUS={i:05}{}", "x".repeat(4000)).into_bytes()
+    }
+
+    /// What the log's accounting says its events hold, checked against the events themselves:
+    /// every status text in them, and the JSON made of them, exactly.
+    fn held_bytes(hub: &Hub) -> usize {
+        let state = hub.lock();
+        let log = &state.log;
+        let texts: usize = log
+            .ring
+            .iter()
+            .map(|held| {
+                let event_text = match &held.event.event {
+                    Change::Guest(event) => event_text_len(event),
+                    _ => 0,
+                };
+                let state_text = held.event.snapshot.snapshot.status.as_ref();
+                let state_text = state_text.map_or(0, String::len);
+                event_text + state_text
+            })
+            .sum();
+        assert!(log.bytes >= texts, "{} < {texts}", log.bytes);
+        let json: usize = log
+            .ring
+            .iter()
+            .filter_map(|held| held.event.json.get())
+            .map(|json| ARC_HEADER + json.len())
+            .sum();
+        assert_eq!(log.json_bytes.load(Ordering::SeqCst), json);
+        log.held_bytes()
+    }
+
+    #[test]
+    fn the_event_log_is_bounded_by_the_bytes_its_events_hold() {
+        let budget = 256 << 10;
+        let limits = Limits {
+            event_log_memory: budget,
+            ..Limits::default()
+        };
+        let hub = hub_with(&["a"], limits);
+        for i in 0..200 {
+            send(&hub, "a", &big_status(i)).unwrap();
+        }
+        let last = hub.last_event_id();
+        assert!(last > 200);
+        let held = held_bytes(&hub);
+        // Within the budget, and not far under it: an event holds about 8.5 KB.
+        assert!(held <= budget && held > budget - 9_000, "{held}");
+        let kept = hub.lock().log.ring.len();
+        assert!((28..=31).contains(&kept), "{kept} events kept");
+        let oldest = last + 1 - kept as u64;
+
+        // Resuming after the oldest kept event's predecessor replays them all; before it, a
+        // resync.
+        let replay = drain(&mut hub.subscribe(None, Some(oldest - 1)));
+        assert_eq!(ids(&replay), (oldest..=last).collect::<Vec<_>>());
+        let items = drain(&mut hub.subscribe(None, Some(oldest - 2)));
+        let [FeedItem::Resync(resync)] = items.as_slice() else {
+            panic!("{items:?}")
+        };
+        assert_eq!(resync.id, last);
+
+        // The JSON made for subscribers counts too: the next event makes room for it.
+        let json: usize = replay
+            .iter()
+            .map(|item| match item {
+                FeedItem::Event(event) => event.json().len(),
+                FeedItem::Resync(_) => unreachable!(),
+            })
+            .sum();
+        assert!(json > kept * 8_000, "{json}");
+        assert!(held_bytes(&hub) > held + json);
+        drop(replay);
+        send(&hub, "a", &big_status(200)).unwrap();
+        assert!(held_bytes(&hub) <= budget);
+        let kept_now = hub.lock().log.ring.len();
+        assert!(kept_now < kept * 2 / 3, "{kept_now} of {kept}");
+    }
+
+    #[test]
+    fn a_stalled_subscriber_holds_no_event_the_log_let_go_of() {
+        let limits = Limits {
+            event_log_memory: 64 << 10,
+            ..Limits::default()
+        };
+        let hub = hub_with(&["a"], limits);
+        let mut feed = hub.subscribe(None, None);
+        // Far fewer than `Limits::live`, far more than the log keeps.
+        for i in 0..100 {
+            send(&hub, "a", &big_status(i)).unwrap();
+        }
+        assert!(hub.lock().log.ring.len() < 10);
+        // The subscriber's first event is gone: freed, not kept for it. It starts over.
+        let items = drain(&mut feed);
+        let [FeedItem::Resync(resync)] = items.as_slice() else {
+            panic!("{} items, the first {:?}", items.len(), items.first())
+        };
+        assert_eq!(resync.id, hub.last_event_id());
+        assert_eq!(
+            resync.guests[0].snapshot.status.as_deref().map(|s| &s[..5]),
+            Some("00099")
+        );
+        send(&hub, "a", b"STATUS=next").unwrap();
         assert_eq!(ids(&drain(&mut feed)), [resync.id + 1]);
     }
 

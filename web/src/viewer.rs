@@ -25,7 +25,7 @@ use crate::AppState;
 use crate::pages::PageError;
 
 /// The wasm-bindgen glue (`--target web`): an ES module exporting `LogReader`, `parseDatagram`,
-/// `initSync` and the async `default` loader.
+/// `escapeLine`, `escapeLines`, `initSync` and the async `default` loader.
 pub const WASM_GLUE: &str = include_str!("../assets/wasm/notifyhub_wasm.js");
 /// The core compiled to WebAssembly.
 pub const WASM_MODULE: &[u8] = include_bytes!("../assets/wasm/notifyhub_wasm_bg.wasm");
@@ -130,6 +130,8 @@ pub fn render_standalone() -> askama::Result<Standalone> {
          const NOTIFYHUB_WASM_BASE64 = \"{}\";\n\
          globalThis.notifyhubWasm = {{\n\
          \x20   LogReader,\n\
+         \x20   escapeLine,\n\
+         \x20   escapeLines,\n\
          \x20   initSync,\n\
          \x20   bytes: () => Uint8Array.from(atob(NOTIFYHUB_WASM_BASE64), (c) => c.charCodeAt(0)),\n\
          }};\n",

@@ -313,7 +313,8 @@ pub struct VsockSettings {
     pub listener: ListenerConfig,
     /// `--auto-register`: a message from an unknown CID registers guest `cid-<N>`.
     pub auto_register: bool,
-    /// `--max-guests`: auto-registration stops once the hub holds this many guests.
+    /// `--max-guests`: registration through the API and auto-registration stop once the hub
+    /// holds this many guests.
     pub max_guests: usize,
     /// `--ignore-unprivileged`: drop (and count) messages from vsock source ports ≥ 1024.
     pub ignore_unprivileged: bool,
@@ -449,16 +450,16 @@ pub struct VsockArgs {
     /// Listen for VM guests on AF_VSOCK SOCK_STREAM (VMADDR_CID_ANY, PORT); hand them
     /// vmm.notify_socket=vsock-stream:2:PORT. Each message goes to the guest with the peer's
     /// CID (--vm).
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u32).range(..i64::from(VMADDR_PORT_ANY)))]
+    #[arg(long, value_name = "PORT", value_parser = crate::config::integer_in(0, MAX_PORT))]
     pub vsock_port: Option<u32>,
     /// Also listen on AF_VSOCK SOCK_SEQPACKET (VMADDR_CID_ANY, PORT), for guests given the plain
     /// vsock:2:PORT form (or vsock-seqpacket:). Must differ from --vsock-port: both share the
     /// vsock port space.
-    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u32).range(..i64::from(VMADDR_PORT_ANY)))]
+    #[arg(long, value_name = "PORT", value_parser = crate::config::integer_in(0, MAX_PORT))]
     pub vsock_seqpacket_port: Option<u32>,
     /// A vsock message is complete once no byte came for this long after the last one (VMM
     /// bridges lose the guest's half-close; 1 to 1999).
-    #[arg(long, value_name = "MS", default_value_t = DEFAULT_IDLE_MS, value_parser = clap::value_parser!(u64).range(1..2000))]
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_IDLE_MS, value_parser = crate::config::integer_in(1_u64, 1999))]
     pub vsock_idle_ms: u64,
     /// Register a VM guest reached over kernel vsock (repeatable): the messages from CID
     /// (3 to 4294967294, unique) to the vsock listeners are its. It gets a unix socket too.
@@ -475,8 +476,9 @@ pub struct VsockArgs {
     /// Needs a kernel vsock listener, as --vm does.
     #[arg(long)]
     pub auto_register: bool,
-    /// Auto-registration stops once the hub holds this many guests; further unknown CIDs are
-    /// dropped and counted (GET /api/v1/vsock).
+    /// Registration through the API (POST /api/v1/guests: 503 beyond it) and auto-registration
+    /// stop once the hub holds this many guests; further unknown CIDs are dropped and counted
+    /// (GET /api/v1/vsock). Guests of the command line and the file are not limited.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_GUESTS)]
     pub max_guests: usize,
     /// Drop (and count) kernel vsock messages from source ports ≥ 1024, i.e. not sent by root in
@@ -510,7 +512,7 @@ pub fn drop_reason(cause: DropCause) -> DropReason {
     match cause {
         DropCause::Oversize => DropReason::Oversize,
         DropCause::ConnectionLimit | DropCause::PeerConnectionLimit => DropReason::ConnectionLimit,
-        DropCause::Deadline | DropCause::Read(_) => DropReason::Incomplete,
+        DropCause::Deadline | DropCause::Read(_) | DropCause::Empty => DropReason::Incomplete,
         // Whatever the transport adds later: no whole message arrived either.
         _ => DropReason::Incomplete,
     }
@@ -1111,6 +1113,7 @@ mod tests {
     fn transport_drops_map_to_core_reasons() {
         assert_eq!(drop_reason(DropCause::Oversize), DropReason::Oversize);
         assert_eq!(drop_reason(DropCause::Deadline), DropReason::Incomplete);
+        assert_eq!(drop_reason(DropCause::Empty), DropReason::Incomplete);
         assert_eq!(
             drop_reason(DropCause::Read(io::ErrorKind::ConnectionReset)),
             DropReason::Incomplete

@@ -4,7 +4,10 @@
 // the browser.
 //
 // Everything a log contains (guest names, statuses, payloads, error messages) reaches the page as
-// text nodes or textContent, in HTML and SVG alike: never as markup.
+// text nodes or textContent, in HTML and SVG alike: never as markup. And it is shown as the hub's
+// own pages show it: el() and svg() pass every string through the core's escapeLine
+// (notifyhub_core::text, exported by the wasm module), so control, bidi and invisible format
+// characters appear as visible escapes (`\x1b`, `\u{202e}`) and cannot reorder or hide text.
 //
 // The same script runs on /viewer, where it imports the bundle from /static/wasm/, and inlined in
 // the standalone file, where the bundle is inlined before it (globalThis.notifyhubWasm).
@@ -17,26 +20,41 @@ const MAX_BOOTS = 24;
 
 const $ = (id) => document.getElementById(id);
 
-/** An HTML element; string children become text nodes. */
+/** The core's escapes for guest text (see the top), set once the module is loaded. */
+let escapeLine = null;
+let escapeLines = null;
+
+/** A string as shown: a text node, escaped for one line. Nodes pass as they are. */
+const shown = (child) => (typeof child === 'string' ? document.createTextNode(escapeLine(child)) : child);
+
+/** Text over several lines (a message's `KEY=value` lines): escaped, with its line breaks. */
+const linesOf = (text) => document.createTextNode(escapeLines(text));
+
+/** An HTML element; string children become escaped text nodes. */
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   setAttrs(node, attrs);
-  node.append(...children.filter((c) => c !== null && c !== undefined && c !== false));
+  node.append(...children.filter((c) => c !== null && c !== undefined && c !== false).map(shown));
   return node;
 }
 
-/** An SVG element; string children become text nodes. */
+/** An SVG element; string children become escaped text nodes. */
 function svg(tag, attrs = {}, ...children) {
   const node = document.createElementNS(SVG_NS, tag);
   setAttrs(node, attrs);
-  node.append(...children);
+  node.append(...children.map(shown));
   return node;
 }
 
+/** Attributes a person reads or hears; their values are escaped like text. */
+const SHOWN_ATTRS = new Set(['title', 'aria-label']);
+
+/** Sets attributes; `data` holds dataset entries, kept exact (they are keys, not shown). */
 function setAttrs(node, attrs) {
   for (const [name, value] of Object.entries(attrs)) {
     if (value === null || value === undefined || value === false) continue;
     if (name === 'data') Object.assign(node.dataset, value);
+    else if (SHOWN_ATTRS.has(name)) node.setAttribute(name, escapeLine(String(value)));
     else node.setAttribute(name, value === true ? '' : String(value));
   }
 }
@@ -102,16 +120,17 @@ function badge(phase) {
 
 // ---- the core -------------------------------------------------------------------------------
 
-/** LogReader, once the module is instantiated. */
+/** LogReader, once the module is instantiated (which also sets escapeLine and escapeLines). */
 async function loadCore() {
-  const inlined = globalThis.notifyhubWasm; // the standalone file's
-  if (inlined) {
+  let core = globalThis.notifyhubWasm; // the standalone file's
+  if (core) {
     // Compiled asynchronously: browsers refuse to compile large modules synchronously.
-    inlined.initSync({ module: await WebAssembly.compile(inlined.bytes()) });
-    return inlined.LogReader;
+    core.initSync({ module: await WebAssembly.compile(core.bytes()) });
+  } else {
+    core = await import('/static/wasm/notifyhub_wasm.js');
+    await core.default();
   }
-  const core = await import('/static/wasm/notifyhub_wasm.js');
-  await core.default();
+  ({ escapeLine, escapeLines } = core);
   return core.LogReader;
 }
 
@@ -187,13 +206,13 @@ async function replay(source, guest, chunks, total) {
     }
   } catch (error) {
     reader.free();
-    if (mine === generation) setState('error', `Cannot read ${source}: ${error.message ?? error}`);
+    if (mine === generation) setState('error', `Cannot read ${escapeLine(source)}: ${error.message ?? error}`);
     return;
   }
   const result = JSON.parse(reader.finish()); // finish() frees the reader
   if (mine !== generation) return;
   show(source, read, result);
-  setState('done', `Read ${source}: ${bytes(read)}, ${result.lines} lines.`);
+  setState('done', `Read ${escapeLine(source)}: ${bytes(read)}, ${result.lines} lines.`);
 }
 
 function readFile(file) {
@@ -317,7 +336,7 @@ function showMessages(g) {
   $('viewer-messages').tBodies[0].replaceChildren(...g.messages.map((m) => {
     const time = el('td', { class: 'nowrap' }, el('span', { class: 'mono' }, offset(m.at - first)));
     if (isWallClock(m.at)) time.append(el('br'), el('span', { class: 'muted small' }, utc(m.at)));
-    const text = el('pre', { class: 'payload' }, m.text);
+    const text = el('pre', { class: 'payload' }, linesOf(m.text));
     const payload = el('td', {}, text);
     if (m.len > m.text.length && m.len > 4096) payload.append(el('p', { class: 'muted small' }, `${m.len} bytes; the first 4096 shown`));
     payload.append(el('details', {}, el('summary', {}, 'hex'), el('code', { class: 'hex' }, m.hex)));
@@ -440,7 +459,8 @@ function timelineChart(g) {
     for (const item of boot.items) {
       if (!KINDS[item.kind].labelled) continue;
       const x = xOf(item.at - boot.start);
-      const text = item.label.length > 28 ? `${item.label.slice(0, 27)}…` : item.label;
+      const label = escapeLine(item.label); // as shown, so that its width is the shown one
+      const text = label.length > 28 ? `${label.slice(0, 27)}…` : label;
       const width = text.length * CHAR;
       const toLeft = x + 4 + width > W - RIGHT;
       const [from, to] = toLeft ? [x - 4 - width, x] : [x, x + 4 + width];

@@ -219,6 +219,27 @@ fn wait_exit_codes() {
     assert!(out.stderr.contains("did not reach ready"), "{out:?}");
     assert!(out.stderr.contains("(it is registered)"), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");
+    // A timeout as people type it: seconds with decimals, or with a unit; the hub gets seconds.
+    for (timeout, shown) in [("0.25", "0.25"), ("250ms", "0.25")] {
+        let out = hub.run(&["wait", "g1", "--for", "ready", "--timeout", timeout]);
+        assert_eq!(out.code, 2, "{timeout}: {out:?}");
+        assert_eq!(
+            out.stderr,
+            format!(
+                "notifyhub: guest g1 did not reach ready within {shown} s (it is registered)\n"
+            )
+        );
+    }
+    let out = hub.run(&["wait", "g1", "--for", "ready", "--timeout", "1.5x"]);
+    assert_eq!(out.code, 64, "{out:?}");
+    assert!(
+        out.stderr.starts_with(
+            "error: invalid value '1.5x' for '--timeout <DURATION>': expected a duration such as \
+             90, 1.5, 90s, 1500ms, 2m or 1h30m (a number alone is seconds), not \"1.5x\" (unknown \
+             time unit \"x\""
+        ),
+        "{out:?}"
+    );
 
     let out = hub.run(&["wait", "g1", "--for", "bogus"]);
     assert_eq!(out.code, 64, "bad condition: {out:?}");
@@ -237,8 +258,9 @@ fn wait_exit_codes() {
 
     // A wait that is pending when the message comes, or that starts after it: 0 either way.
     let mut pending = hub
-        .command(&["wait", "g1", "--for", "ready", "--timeout", "10"])
+        .command(&["wait", "g1", "--for", "ready", "--timeout", "2m"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     send(&hub, &["READY=1", "STATUS=Up"]);
@@ -250,11 +272,30 @@ fn wait_exit_codes() {
         .unwrap()
         .read_to_string(&mut line)
         .unwrap();
+    // stdout: the guest's state, for scripts; stderr: which condition was met.
     assert_eq!(line, "g1 is ready (boot 1, status \"Up\")\n");
+    let mut said = String::new();
+    pending
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    assert_eq!(said, "notifyhub: g1 reached ready\n");
 
     let out = hub.run(&["wait", "g1", "--for", "ready", "--json"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.json()["phase"], "ready");
+    assert_eq!(out.stderr, "notifyhub: g1 reached ready\n");
+    let out = hub.run(&["wait", "g1", "--for", "phase:ready"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (
+            0,
+            "g1 is ready (boot 1, status \"Up\")\n",
+            "notifyhub: g1 reached phase:ready\n"
+        )
+    );
 
     send(&hub, &["STOPPING=1"]);
     let out = hub.run(&["wait", "g1", "--for", "booted"]);
@@ -286,6 +327,128 @@ fn wait_exit_codes() {
     assert!(out.stderr.contains("cannot reach the hub"), "{out:?}");
     let out = run(notifyhub(&["--hub", "localhost:7370", "status"]));
     assert_eq!(out.code, 64, "bad URL: {out:?}");
+}
+
+/// A start that fails says each fact once: the message of an error that names its cause is not
+/// followed by the cause again.
+#[test]
+fn a_failed_start_says_each_fact_once() {
+    let hub = Hub::start(&["g1"]);
+    let run_dir = hub.tmp.path().join("run");
+    let out = run(notifyhub(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        "none",
+        "--guest",
+        "g1",
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+    ]));
+    assert_eq!(out.code, 1, "{out:?}");
+    let socket = hub.socket("g1");
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        format!(
+            "notifyhub: cannot register guest \"g1\": cannot bind notify socket {0}: {0} is a \
+             socket somebody is listening on; refusing to replace it",
+            socket.display()
+        ),
+        "{out:?}"
+    );
+    assert_eq!(
+        out.stderr.matches("somebody is listening").count(),
+        1,
+        "{out:?}"
+    );
+    // The first hub still has its socket.
+    send(&hub, &["READY=1"]);
+}
+
+/// `--hub` and `--token-file` belong to the client commands: their help shows them, no other
+/// command's does, and another command refuses them. Given before the command (the old form)
+/// they still work, and the command's own beat them.
+#[test]
+fn hub_options_only_where_they_apply() {
+    for command in ["wait", "status", "events", "launch"] {
+        let out = run(notifyhub(&[command, "--help"]));
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(
+            out.stdout.contains("\nHub:\n      --hub <URL>"),
+            "{command}: {out:?}"
+        );
+        assert!(
+            out.stdout.contains("--token-file <FILE>"),
+            "{command}: {out:?}"
+        );
+    }
+    for command in [
+        &["config", "--help"][..],
+        &["config", "check", "--help"],
+        &["send", "--help"],
+        &["parse", "--help"],
+        &["completions", "--help"],
+        &["man", "--help"],
+        &["serve", "--help"],
+        &["--help"],
+    ] {
+        let out = run(notifyhub(command));
+        assert_eq!(out.code, 0, "{out:?}");
+        assert!(!out.stdout.contains("--hub"), "{command:?}: {}", out.stdout);
+        assert!(
+            !out.stdout.contains("\nHub:"),
+            "{command:?}: {}",
+            out.stdout
+        );
+    }
+    // serve has a --token-file of its own, the server's; config and the rest have none.
+    let out = run(notifyhub(&["config", "check", "--help"]));
+    assert!(!out.stdout.contains("--token-file"), "{out:?}");
+
+    let out = run(notifyhub(&[
+        "config",
+        "check",
+        "--hub",
+        "http://x",
+        "/dev/null",
+    ]));
+    assert_eq!(out.code, 64, "{out:?}");
+    assert!(
+        out.stderr
+            .starts_with("error: unexpected argument '--hub' found"),
+        "{out:?}"
+    );
+    let out = run(notifyhub(&["--hub", "http://x", "parse", VECTOR]));
+    assert_eq!(out.code, 64, "{out:?}");
+    assert!(
+        out.stderr.starts_with(
+            "error: --hub and --token-file are options of wait, status, events and launch only\n"
+        ),
+        "{out:?}"
+    );
+
+    // Where each value comes from: after the command beats before it, which beats the
+    // environment.
+    let unreachable = |port: u16| format!("cannot reach the hub at http://127.0.0.1:{port}:");
+    let out = run(notifyhub(&[
+        "--hub",
+        "http://127.0.0.1:1",
+        "status",
+        "--hub",
+        "http://127.0.0.1:2",
+    ]));
+    assert_eq!(out.code, 5, "{out:?}");
+    assert!(out.stderr.contains(&unreachable(2)), "{out:?}");
+    let mut command = notifyhub(&["--hub", "http://127.0.0.1:1", "status"]);
+    command.env("NOTIFYHUB_URL", "http://127.0.0.1:3");
+    let out = run(command);
+    assert!(out.stderr.contains(&unreachable(1)), "{out:?}");
+    let mut command = notifyhub(&["status"]);
+    command.env("NOTIFYHUB_URL", "http://127.0.0.1:3");
+    let out = run(command);
+    assert!(out.stderr.contains(&unreachable(3)), "{out:?}");
 }
 
 #[test]
@@ -449,9 +612,37 @@ fn send_errors_name_the_rule() {
         "READY=1",
     ]));
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(
-        out.stderr.contains("cannot send to /nonexistent/notify"),
-        "{out:?}"
+    assert_eq!(
+        out.stderr,
+        "notifyhub: cannot send to /nonexistent/notify: No such file or directory (os error 2)\n"
+    );
+    // Each fact once: "refused" is that nothing listens, so the hint says what it does not.
+    let tmp = tempfile::tempdir().unwrap();
+    let stale = tmp.path().join("stale");
+    drop(UnixDatagram::bind(&stale).unwrap());
+    let out = run(notifyhub(&[
+        "send",
+        "--socket",
+        stale.to_str().unwrap(),
+        "READY=1",
+    ]));
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(
+        out.stderr,
+        format!(
+            "notifyhub: cannot send to {}: Connection refused (os error 111) (the socket file is \
+             there, but no receiver is bound to it: has the receiver stopped?)\n",
+            stale.display()
+        )
+    );
+    let nobody = format!("@notifyhub-cli-test-nobody-{}", std::process::id());
+    let out = run(notifyhub(&["send", "--socket", &nobody, "READY=1"]));
+    assert_eq!(
+        (out.code, out.stderr),
+        (
+            1,
+            format!("notifyhub: cannot send to {nobody}: Connection refused (os error 111)\n")
+        )
     );
 
     let out = run(notifyhub(&[
@@ -471,6 +662,79 @@ fn send_errors_name_the_rule() {
     let out = run(notifyhub(&["send", "--socket", "/x", "READY"]));
     assert_eq!(out.code, 64, "{out:?}");
     assert!(out.stderr.contains("expected KEY=VALUE"), "{out:?}");
+
+    // --barrier is a duration like the other timeouts.
+    let out = run(notifyhub(&[
+        "send",
+        "--socket",
+        "/x",
+        "--barrier=5q",
+        "READY=1",
+    ]));
+    assert_eq!(out.code, 64, "{out:?}");
+    assert!(
+        out.stderr.starts_with(
+            "error: invalid value '5q' for '--barrier[=<DURATION>]': expected a duration such as"
+        ),
+        "{out:?}"
+    );
+}
+
+/// Every option's message says what its help says: 0 is a rate (no limit), ranges are given
+/// with both ends, durations in the forms people type.
+#[test]
+fn serve_option_errors_match_their_docs() {
+    let cases: [(&str, &str); 7] = [
+        (
+            "--rate-limit=-5",
+            "invalid value '-5' for '--rate-limit <RATE>': expected messages per second: 0 for no \
+             limit, or a number above 0 and at most 1000000000, not \"-5\"",
+        ),
+        (
+            "--rate-burst=0",
+            "invalid value '0' for '--rate-burst <N>': expected an integer from 1 to 4294967295, \
+             not \"0\"",
+        ),
+        (
+            "--vsock-port=4294967295",
+            "invalid value '4294967295' for '--vsock-port <PORT>': expected an integer from 0 to \
+             4294967294, not \"4294967295\"",
+        ),
+        (
+            "--vsock-idle-ms=2000",
+            "invalid value '2000' for '--vsock-idle-ms <MS>': expected an integer from 1 to 1999, \
+             not \"2000\"",
+        ),
+        (
+            "--ready-timeout=0",
+            "invalid value '0' for '--ready-timeout <DURATION>': expected a duration above 0 \
+             (leave the option out for none), not \"0\"",
+        ),
+        (
+            "--ready-timeout=1,5",
+            "invalid value '1,5' for '--ready-timeout <DURATION>': expected a duration such as 90, \
+             1.5, 90s, 1500ms, 2m or 1h30m (a number alone is seconds), not \"1,5\" (",
+        ),
+        (
+            "--history-memory=5q",
+            "invalid value '5q' for '--history-memory <SIZE>': expected a size such as 64MiB, not \
+             \"5q\"",
+        ),
+    ];
+    for (arg, message) in cases {
+        let out = run(notifyhub(&["serve", arg]));
+        assert_eq!(out.code, 64, "{arg}: {out:?}");
+        let first = out.stderr.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with(&format!("error: {message}")),
+            "{arg}:\n{first}\nis not\nerror: {message}"
+        );
+    }
+    // What the help says for those.
+    let out = run(notifyhub(&["serve", "--help"]));
+    assert!(out.stdout.contains("--ready-timeout <DURATION>"), "{out:?}");
+    assert!(out.stdout.contains("0: no limit"), "{out:?}");
+    assert!(out.stdout.contains("1 to 1999"), "{out:?}");
 }
 
 /// An abstract socket of the test's own: the exact bytes, and a barrier nobody answers.
@@ -629,18 +893,36 @@ fn parse_logs_offline() {
     .unwrap();
     let out = run(notifyhub(&["parse", bad.to_str().unwrap()]));
     assert_eq!(out.code, 65, "bad lines: {out:?}");
+    // The summary on stdout, the lines it could not read on stderr (web/CLI.md).
     let shown = bad.display();
-    assert!(
-        out.stdout.contains(&format!(
-            "{shown}:4: expected a JSON object, a KEY=VALUE line or a blank line\n"
-        )),
-        "{out:?}"
+    let stderr: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(stderr.len(), 3, "{out:?}");
+    assert_eq!(
+        stderr[0],
+        format!("{shown}:4: expected a JSON object, a KEY=VALUE line or a blank line")
     );
     assert!(
-        out.stdout.contains(&format!("{shown}:5: bad \"hex\"")),
+        stderr[1].starts_with(&format!("{shown}:5: bad \"hex\"")),
         "{out:?}"
     );
+    assert_eq!(
+        stderr[2],
+        "notifyhub: 2 lines could not be read (listed above on stderr) and were skipped"
+    );
+    assert!(!out.stdout.contains(&shown.to_string()), "{out:?}");
     assert!(out.stdout.contains("  status:    \"Up\"\n"), "{out:?}");
+    let summary = out.stdout;
+    // --json: the errors are in the JSON, stdout holds nothing else.
+    let out = run(notifyhub(&["parse", "--json", bad.to_str().unwrap()]));
+    assert_eq!(out.code, 65, "{out:?}");
+    assert_eq!(out.json()["errors"][0]["line"], 4, "{out:?}");
+    // The same summary whether stderr is read or not: nothing of it moved.
+    let mut quiet = notifyhub(&["parse", bad.to_str().unwrap()]);
+    quiet.stderr(Stdio::null());
+    assert_eq!(
+        String::from_utf8(quiet.output().unwrap().stdout).unwrap(),
+        summary
+    );
 
     // stdin, and a file that cannot be read next to one that can.
     let mut command = notifyhub(&["parse", "-", "/nonexistent.log"]);

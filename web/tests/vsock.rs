@@ -178,6 +178,7 @@ async fn hybrid_guest_is_identified_by_its_socket() {
         rate_limit: None,
         journal: None,
         history_memory: notifyhub_web::store::DEFAULT_HISTORY_MEMORY,
+        http_limits: Default::default(),
         vsock: VsockConfig {
             guests: vec![guest],
             ..VsockConfig::default()
@@ -654,6 +655,7 @@ async fn kernel_listeners_start_and_stop_with_the_server() {
         rate_limit: None,
         journal: None,
         history_memory: notifyhub_web::store::DEFAULT_HISTORY_MEMORY,
+        http_limits: Default::default(),
         vsock: VsockConfig {
             stream_port: Some(VMADDR_PORT_ANY),
             seqpacket_port: Some(VMADDR_PORT_ANY),

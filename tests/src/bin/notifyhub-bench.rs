@@ -114,7 +114,8 @@ fn main() {
 async fn start_hub(options: Options, guests: usize) -> Hub {
     let names: Vec<String> = (0..guests).map(|i| format!("g{i}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let mut args = vec!["--rate-limit", "0"];
+    // `scale` registers 10,000 guests through the API, which --max-guests (1024) would refuse.
+    let mut args = vec!["--rate-limit", "0", "--max-guests", "100000"];
     if !options.durable {
         args.extend(["--state-dir", "none"]);
     }

@@ -136,7 +136,12 @@ fn main() -> ExitCode {
 }
 
 async fn soak(args: Args) -> Result<(), Vec<String>> {
-    let serve_args: Vec<&str> = args.serve_args.iter().map(String::as_str).collect();
+    // The guests are registered through the API, which stops at --max-guests (default 1024).
+    let max_guests = args.guests.max(1024).to_string();
+    let mut serve_args: Vec<&str> = args.serve_args.iter().map(String::as_str).collect();
+    if !serve_args.iter().any(|arg| arg.starts_with("--max-guests")) {
+        serve_args.extend(["--max-guests", &max_guests]);
+    }
     let hub = Hub::start_with_args(&[], &serve_args).await;
     let pid = hub.pid();
     let idle = stats(pid);

@@ -57,6 +57,49 @@ export class LogReader {
 if (Symbol.dispose) LogReader.prototype[Symbol.dispose] = LogReader.prototype.free;
 
 /**
+ * Guest text for one line of a page, as the hub's own pages show it: control, bidirectional
+ * and invisible format characters as visible escapes (`\x1b`, `\u{202e}`, `\n`). See
+ * [`notifyhub_core::text::escape_line`].
+ * @param {string} text
+ * @returns {string}
+ */
+export function escapeLine(text) {
+    let deferred2_0;
+    let deferred2_1;
+    try {
+        const ptr0 = passStringToWasm0(text, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.escapeLine(ptr0, len0);
+        deferred2_0 = ret[0];
+        deferred2_1 = ret[1];
+        return getStringFromWasm0(ret[0], ret[1]);
+    } finally {
+        wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
+    }
+}
+
+/**
+ * As [`escape_line`], but a `\n` stays a line break: a message's `KEY=value` lines in a
+ * `<pre>`. See [`notifyhub_core::text::escape_lines`].
+ * @param {string} text
+ * @returns {string}
+ */
+export function escapeLines(text) {
+    let deferred2_0;
+    let deferred2_1;
+    try {
+        const ptr0 = passStringToWasm0(text, wasm.__wbindgen_malloc, wasm.__wbindgen_realloc);
+        const len0 = WASM_VECTOR_LEN;
+        const ret = wasm.escapeLines(ptr0, len0);
+        deferred2_0 = ret[0];
+        deferred2_1 = ret[1];
+        return getStringFromWasm0(ret[0], ret[1]);
+    } finally {
+        wasm.__wbindgen_free(deferred2_0, deferred2_1, 1);
+    }
+}
+
+/**
  * Parses one sd_notify datagram and returns JSON: `{"ok": true, "len", "lines", "fields"}` or
  * `{"ok": false, "len", "error", "reason"}`. See [`crate::parse_datagram`].
  * @param {Uint8Array | number[]} datagram

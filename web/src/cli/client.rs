@@ -18,14 +18,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an ordinary request (not a long-poll or a stream) may take.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where the hub is: the global `--hub` option.
+/// The names of the commands that talk to a hub, the ones that take [`HubArgs`].
+pub(crate) const CLIENT_COMMANDS: [&str; 4] = ["wait", "status", "events", "launch"];
+
+/// Where the hub is and how to authenticate: `--hub` and `--token-file`, options of the client
+/// commands ([`CLIENT_COMMANDS`]) only.
 #[derive(Debug, Args)]
 pub(crate) struct HubArgs {
-    /// The hub's URL, for wait, status, events and launch: http://HOST:PORT[/PREFIX], or
-    /// unix:PATH for a hub that serves on a UNIX socket (`serve --listen unix:PATH`).
+    /// The hub's URL: http://HOST:PORT[/PREFIX], or unix:PATH for a hub that serves on a UNIX
+    /// socket (`serve --listen unix:PATH`).
     #[arg(
         long = "hub",
-        global = true,
         value_name = "URL",
         env = "NOTIFYHUB_URL",
         hide_env_values = true,
@@ -36,12 +39,67 @@ pub(crate) struct HubArgs {
     /// File with the hub's bearer token (`serve --token-file`), sent as `Authorization: Bearer`.
     #[arg(
         long = "token-file",
-        global = true,
         value_name = "FILE",
         env = "NOTIFYHUB_TOKEN_FILE",
         help_heading = "Hub"
     )]
     pub(crate) token_file: Option<PathBuf>,
+}
+
+/// `--hub` and `--token-file` given before the command (`notifyhub --hub URL status`), as
+/// earlier versions took them; hidden from help. [`HubArgsBeforeCommand::apply`] hands them to
+/// the client command.
+#[derive(Debug, Args)]
+pub(crate) struct HubArgsBeforeCommand {
+    #[arg(long = "hub", id = "hub_before", value_name = "URL", hide = true)]
+    url: Option<String>,
+    #[arg(
+        long = "token-file",
+        id = "token_file_before",
+        value_name = "FILE",
+        hide = true
+    )]
+    token_file: Option<PathBuf>,
+}
+
+impl HubArgsBeforeCommand {
+    /// Gives `hub`, the client command's own options (`None` for any other command), what was
+    /// given before the command, unless the command line also gave it after (the environment
+    /// and the defaults come last). `matches` are the command's.
+    ///
+    /// # Errors
+    /// A usage error when they were given before a command that does not talk to a hub.
+    pub(crate) fn apply(
+        &self,
+        hub: Option<&mut HubArgs>,
+        matches: &clap::ArgMatches,
+    ) -> std::result::Result<(), String> {
+        let given_after =
+            |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        let Some(hub) = hub else {
+            return match (&self.url, &self.token_file) {
+                (None, None) => Ok(()),
+                _ => {
+                    let (last, others) = CLIENT_COMMANDS.split_last().expect("not empty");
+                    Err(format!(
+                        "--hub and --token-file are options of {} and {last} only",
+                        others.join(", ")
+                    ))
+                }
+            };
+        };
+        if let Some(url) = &self.url
+            && !given_after("url")
+        {
+            hub.url.clone_from(url);
+        }
+        if let Some(file) = &self.token_file
+            && !given_after("token_file")
+        {
+            hub.token_file = Some(file.clone());
+        }
+        Ok(())
+    }
 }
 
 /// A hub to ask.

@@ -46,11 +46,13 @@ pub(crate) struct EventsArgs {
     /// with --follow one line per change, the data of each Server-Sent Event untouched.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pub(crate) hub: HubArgs,
 }
 
-pub(crate) async fn run(hub: &HubArgs, args: EventsArgs) -> Result {
+pub(crate) async fn run(args: EventsArgs) -> Result {
     super::check_guest_name(&args.name)?;
-    let hub = Hub::new(hub)?;
+    let hub = Hub::new(&args.hub)?;
     // Subscribed before the history is read, so no change falls between the two.
     let stream = if args.follow {
         let mut url = hub.api_url(&["events"]);

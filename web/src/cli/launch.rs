@@ -22,11 +22,13 @@ pub(crate) struct LaunchArgs {
     /// Print the hub's JSON untouched.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pub(crate) hub: HubArgs,
 }
 
-pub(crate) async fn run(hub: &HubArgs, args: LaunchArgs) -> Result {
+pub(crate) async fn run(args: LaunchArgs) -> Result {
     super::check_guest_name(&args.name)?;
-    let hub = Hub::new(hub)?;
+    let hub = Hub::new(&args.hub)?;
     let answer = hub
         .get(
             hub.api_url(&["guests", &args.name, "launch"]),

@@ -132,6 +132,24 @@ pub(crate) fn finish(result: Result) -> ExitCode {
     }
 }
 
+/// `error` and its causes on one line, `outer: inner: …`, each fact once: a cause whose message
+/// the line holds already is left out (an error that shows its source in its own message, as
+/// thiserror's `{source}` does, and also names it as its `source()`, would say it twice, as
+/// anyhow's `{:#}` prints it).
+pub(crate) fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let message = next.to_string();
+        if !line.contains(&message) {
+            line.push_str(": ");
+            line.push_str(&message);
+        }
+        cause = next.source();
+    }
+    line
+}
+
 /// Prints a remark on stderr: `notifyhub: {message}`, for what is worth knowing but no result.
 pub(crate) fn note(message: impl fmt::Display) {
     let _ = writeln!(io::stderr().lock(), "notifyhub: {message}");
@@ -147,4 +165,39 @@ pub(crate) fn warn(message: impl fmt::Display) {
 pub(crate) fn check_guest_name(name: &str) -> Result {
     notifyhub_core::validate_guest_name(name)
         .map_err(|error| Failure::usage(format_args!("invalid guest name {name:?}: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot bind {path}: {source}")]
+    struct Bind {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn causes_say_each_fact_once() {
+        let inner = std::io::Error::other("somebody is listening there");
+        let error = anyhow::Error::new(Bind {
+            path: "/s",
+            source: inner,
+        })
+        .context("cannot register guest \"a\"");
+        // anyhow's own chain says the innermost fact twice.
+        assert_eq!(
+            format!("{error:#}"),
+            "cannot register guest \"a\": cannot bind /s: somebody is listening there: somebody \
+             is listening there"
+        );
+        assert_eq!(
+            causes(error.as_ref()),
+            "cannot register guest \"a\": cannot bind /s: somebody is listening there"
+        );
+        // A cause not in the message is kept.
+        let error = anyhow::Error::new(std::io::Error::other("refused")).context("cannot start");
+        assert_eq!(causes(error.as_ref()), "cannot start: refused");
+    }
 }

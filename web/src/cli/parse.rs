@@ -34,7 +34,7 @@ const CHUNK: usize = 64 * 1024;
 /// ({"format":"notifyhub-events"} then one message per line), or plain text (KEY=VALUE lines,
 /// a blank line between messages, # comments), mixed freely; "-" reads stdin. Each file is read
 /// on its own, in chunks, with the same code as the browser viewer. Lines that cannot be read
-/// are listed with their numbers and skipped.
+/// are skipped and listed on stderr as FILE:LINE: why (stdout holds only the summaries).
 #[derive(Debug, Args)]
 #[command(after_long_help = super::exit_help(EXITS))]
 pub(crate) struct ParseArgs {
@@ -81,7 +81,12 @@ pub(crate) fn run(args: ParseArgs) -> Result {
             if several {
                 writeln!(stdout, "==> {shown} <==")?;
             }
-            stdout.write_all(summary(&replay, &shown).as_bytes())?;
+            stdout.write_all(summary(&replay).as_bytes())?;
+            // The bad lines after the summary they belong to, each fact in its stream.
+            stdout.flush()?;
+            let _ = io::stderr()
+                .lock()
+                .write_all(bad_lines_of(&replay, &shown).as_bytes());
         }
     }
     if unreadable {
@@ -92,7 +97,7 @@ pub(crate) fn run(args: ParseArgs) -> Result {
         let listed = if args.json {
             "in the JSON's \"errors\""
         } else {
-            "listed above"
+            "listed above on stderr"
         };
         return Err(Failure::new(
             exit::DATA,
@@ -136,8 +141,8 @@ fn read_log(path: &Path, is_stdin: bool, guest: String) -> io::Result<Replay> {
     Ok(reader.finish())
 }
 
-/// What a person wants to know of a replay: per guest its end state, then the bad lines.
-fn summary(replay: &Replay, shown: &str) -> String {
+/// What a person wants to know of a replay: per guest its end state.
+fn summary(replay: &Replay) -> String {
     let mut out = String::new();
     let formats = &replay.formats;
     let messages = formats.capture + formats.events + formats.text;
@@ -209,6 +214,12 @@ fn summary(replay: &Replay, shown: &str) -> String {
             out.push_str(&format!("  {:<10} {value}\n", format!("{label}:")));
         }
     }
+    out
+}
+
+/// The lines of a replay that could not be read, as `FILE:LINE: why`, `shown` being the file.
+fn bad_lines_of(replay: &Replay, shown: &str) -> String {
+    let mut out = String::new();
     for error in &replay.errors {
         out.push_str(&format!(
             "{shown}:{}: {}\n",
@@ -246,7 +257,8 @@ mod tests {
     fn plain_text_summary() {
         let log = b"X_SYSTEMD_HOSTNAME=h1\n\nREADY=1\nSTATUS=Up\n\nnot a line\n\
                     \nEXIT_STATUS=3\nX_SYSTEMD_SHUTDOWN=poweroff\n";
-        let text = summary(&replay("web1", log, 5), "log.txt");
+        let replay = replay("web1", log, 5);
+        let text = summary(&replay);
         assert_eq!(
             text,
             "9 lines, 3 messages (3 plain text)\n\
@@ -256,8 +268,11 @@ mod tests {
              \x20 status:    \"Up\"\n\
              \x20 hostname:  h1\n\
              \x20 shutdown:  poweroff, exit status 3\n\
-             \x20 messages:  3 (0 dropped)\n\
-             log.txt:6: expected a JSON object, a KEY=VALUE line or a blank line\n"
+             \x20 messages:  3 (0 dropped)\n"
+        );
+        assert_eq!(
+            bad_lines_of(&replay, "log.txt"),
+            "log.txt:6: expected a JSON object, a KEY=VALUE line or a blank line\n"
         );
     }
 

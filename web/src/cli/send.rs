@@ -34,7 +34,7 @@ pub(crate) const EXITS: &[(u8, &str)] = &[
 ];
 
 /// How long `systemd-notify` waits for its barrier.
-const DEFAULT_BARRIER_SECS: f64 = 5.0;
+const DEFAULT_BARRIER: Duration = Duration::from_secs(5);
 
 /// The longest wait for a confirmation: about 136 years.
 const LONGEST_WAIT: Duration = Duration::from_secs(u32::MAX as u64);
@@ -82,16 +82,17 @@ pub(crate) struct SendArgs {
     /// Pass the inherited file descriptor N along (SCM_RIGHTS; AF_UNIX only); repeatable.
     #[arg(long = "fd", value_name = "N", value_parser = clap::value_parser!(i32).range(0..))]
     fds: Vec<RawFd>,
-    /// Wait up to SECONDS for the receiver to confirm the message (the default, with 5 s).
+    /// Wait up to DURATION for the receiver to confirm the message (the default, with 5 s):
+    /// seconds (5, 0.5) or with a unit (500ms, 2m).
     #[arg(
         long,
-        value_name = "SECONDS",
+        value_name = "DURATION",
         num_args = 0..=1,
         require_equals = true,
         default_missing_value = "5",
-        value_parser = super::wait::parse_seconds
+        value_parser = notifyhub_web::config::parse_duration
     )]
-    barrier: Option<f64>,
+    barrier: Option<Duration>,
     /// Do not wait for the receiver to confirm the message.
     #[arg(long, conflicts_with = "barrier")]
     no_block: bool,
@@ -163,9 +164,8 @@ pub(crate) fn run(args: SendArgs) -> Result {
     let wait = if args.no_block {
         None
     } else {
-        let secs = args.barrier.unwrap_or(DEFAULT_BARRIER_SECS);
         // Longer is forever, but a deadline must stay a representable time.
-        Some(Duration::try_from_secs_f64(secs).map_or(LONGEST_WAIT, |wait| wait.min(LONGEST_WAIT)))
+        Some(args.barrier.unwrap_or(DEFAULT_BARRIER).min(LONGEST_WAIT))
     };
 
     let report = match &address {
@@ -294,7 +294,7 @@ fn send_unix(
             if error.kind() == io::ErrorKind::TimedOut {
                 Failure::failed(format_args!(
                     "the message was sent, but {address} did not confirm it within {} s \
-                     (BARRIER=1); --barrier=SECONDS waits longer, --no-block not at all",
+                     (BARRIER=1); --barrier=DURATION waits longer, --no-block not at all",
                     timeout.as_secs_f64()
                 ))
             } else {
@@ -309,9 +309,16 @@ fn send_unix(
 }
 
 fn send_error(address: &NotifyAddress, error: &io::Error, wait: Option<Duration>) -> Failure {
-    let hint = match error.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => " (nothing listens there)",
-        io::ErrorKind::PermissionDenied => " (no permission to write to that socket)",
+    // Only what the system's own message does not say already ("Connection refused" is that
+    // nothing listens there, "Permission denied" that writing is not allowed).
+    let hint = match (error.kind(), address) {
+        (io::ErrorKind::ConnectionRefused, NotifyAddress::Path(_)) => {
+            " (the socket file is there, but no receiver is bound to it: has the receiver stopped?)"
+        }
+        (io::ErrorKind::PermissionDenied, NotifyAddress::Path(_)) => {
+            " (sending needs write permission on the socket file: see serve --socket-mode and \
+             --socket-owner)"
+        }
         _ => "",
     };
     if error.kind() == io::ErrorKind::TimedOut
@@ -319,7 +326,7 @@ fn send_error(address: &NotifyAddress, error: &io::Error, wait: Option<Duration>
     {
         return Failure::failed(format_args!(
             "the message was sent, but {address} did not close the connection within {} s; \
-             --barrier=SECONDS waits longer, --no-block not at all",
+             --barrier=DURATION waits longer, --no-block not at all",
             timeout.as_secs_f64()
         ));
     }

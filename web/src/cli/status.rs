@@ -29,13 +29,15 @@ pub(crate) struct StatusArgs {
     /// Print the hub's JSON untouched (GET /api/v1/guests or /api/v1/guests/NAME).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pub(crate) hub: HubArgs,
 }
 
-pub(crate) async fn run(hub: &HubArgs, args: StatusArgs) -> Result {
+pub(crate) async fn run(args: StatusArgs) -> Result {
     if let Some(name) = &args.name {
         super::check_guest_name(name)?;
     }
-    let hub = Hub::new(hub)?;
+    let hub = Hub::new(&args.hub)?;
     let url = match &args.name {
         Some(name) => hub.api_url(&["guests", name]),
         None => hub.api_url(&["guests"]),

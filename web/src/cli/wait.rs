@@ -13,7 +13,8 @@ use super::{Failure, Result, exit, format};
 pub(crate) const EXITS: &[(u8, &str)] = &[
     (
         0,
-        "the condition holds; the guest's phase line (or JSON) is printed",
+        "the condition holds; the guest's phase line (or JSON) is printed, and on stderr the \
+         condition met",
     ),
     (exit::TIMEOUT, "the timeout passed first (HTTP 408)"),
     (
@@ -57,38 +58,31 @@ pub(crate) struct WaitArgs {
     /// What to wait for: ready, booted, off, unit:UNIT or phase:PHASE.
     #[arg(long = "for", value_name = "CONDITION")]
     condition: String,
-    /// Give up after SECONDS (decimals allowed; the hub allows up to 3600).
+    /// Give up after DURATION: seconds (60, 0.5) or with a unit (90s, 1500ms, 2m); the hub
+    /// allows up to 1 hour.
     #[arg(
         long,
-        value_name = "SECONDS",
+        value_name = "DURATION",
         default_value = "60",
-        value_parser = parse_seconds
+        value_parser = notifyhub_web::config::parse_duration
     )]
-    timeout: f64,
+    timeout: Duration,
     /// Print the hub's JSON answer on stdout, whatever the outcome (the guest's state for 0, 2
     /// and 3; {"error": ...} otherwise), instead of the phase line.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pub(crate) hub: HubArgs,
 }
 
-/// A non-negative, finite number of seconds.
-pub(crate) fn parse_seconds(text: &str) -> std::result::Result<f64, String> {
-    text.parse::<f64>()
-        .ok()
-        .filter(|secs| secs.is_finite() && *secs >= 0.0)
-        .ok_or_else(|| "expected a number of seconds, such as 60 or 0.5".to_owned())
-}
-
-pub(crate) async fn run(hub: &HubArgs, args: WaitArgs) -> Result {
+pub(crate) async fn run(args: WaitArgs) -> Result {
     super::check_guest_name(&args.name)?;
-    let hub = Hub::new(hub)?;
+    let hub = Hub::new(&args.hub)?;
     let mut url = hub.api_url(&["guests", &args.name, "wait"]);
     url.query_pairs_mut()
         .append_pair("for", &args.condition)
-        .append_pair("timeout", &args.timeout.to_string());
-    let patience = Duration::try_from_secs_f64(args.timeout)
-        .unwrap_or(Duration::MAX)
-        .saturating_add(ANSWER_SLACK);
+        .append_pair("timeout", &seconds(args.timeout));
+    let patience = args.timeout.saturating_add(ANSWER_SLACK);
     let answer = hub.get(url, patience).await?;
 
     let mut stdout = std::io::stdout().lock();
@@ -100,6 +94,13 @@ pub(crate) async fn run(hub: &HubArgs, args: WaitArgs) -> Result {
             if !args.json {
                 writeln!(stdout, "{}", format::phase_line(&answer.json()?))?;
             }
+            stdout.flush()?;
+            // Which condition was met: stdout stays the guest's state, for scripts.
+            super::note(format_args!(
+                "{} reached {}",
+                args.name,
+                format::escape_line(&args.condition)
+            ));
             return Ok(());
         }
         StatusCode::REQUEST_TIMEOUT => exit::TIMEOUT,
@@ -121,24 +122,23 @@ pub(crate) async fn run(hub: &HubArgs, args: WaitArgs) -> Result {
     Err(Failure::new(code, message))
 }
 
+/// `duration` as the hub's `timeout=SECONDS`: a plain decimal.
+fn seconds(duration: Duration) -> String {
+    duration.as_secs_f64().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn seconds() {
-        assert_eq!(parse_seconds("60"), Ok(60.0));
-        assert_eq!(parse_seconds("0.25"), Ok(0.25));
-        assert_eq!(parse_seconds("0"), Ok(0.0));
-        for bad in ["-1", "NaN", "inf", "", "5s"] {
-            assert!(parse_seconds(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn timeouts_reach_the_hub_as_plain_decimals() {
-        assert_eq!(60.0_f64.to_string(), "60");
-        assert_eq!(0.5_f64.to_string(), "0.5");
-        assert_eq!(1e9_f64.to_string(), "1000000000");
+        let parse = |text| seconds(notifyhub_web::config::parse_duration(text).unwrap());
+        assert_eq!(parse("60"), "60");
+        assert_eq!(parse("0.5"), "0.5");
+        assert_eq!(parse("1500ms"), "1.5");
+        assert_eq!(parse("2m"), "120");
+        assert_eq!(parse("0"), "0");
+        assert_eq!(seconds(Duration::from_secs(1_000_000_000)), "1000000000");
     }
 }

@@ -60,6 +60,7 @@ impl TestHub {
             rate_limit: None,
             journal: None,
             history_memory: notifyhub_web::store::DEFAULT_HISTORY_MEMORY,
+            http_limits: Default::default(),
             vsock: Default::default(),
         };
         let server = Server::bind(config, shutdown.clone()).await.unwrap();
