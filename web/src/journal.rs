@@ -19,21 +19,20 @@
 //! - `inputs(seq, guest, kind, at, data, fds, bytes)`: one row per input, `seq` the global order
 //!   (given by the writer, never used twice, also after the newest rows were pruned); `kind` is
 //!   `register`, `datagram`, `drop`, `timeout` or `remove`; `at` µs since the epoch. A
-//!   registration's `data` holds its reach, readiness timeout and socket mode and owner. No
-//!   index by guest: every row would be a b-tree insert, in as many places as guests send at once.
-//! - `guest_spans(guest, first, last)`: instead, per commit and guest, the first and last `seq`
-//!   of the guest's inputs in it (a span may hold other guests' rows too); retention, removals
-//!   and the replay of a checkpoint's history find a guest's rows through them
-//!   ([`ROWS_OF_GUEST`]). One row per guest per commit, not per input.
+//!   registration's `data` holds its reach, readiness timeout and socket mode and owner. The
+//!   index `inputs_by_guest(guest, seq)` is how retention, removals and the replay of a
+//!   checkpoint's history find a guest's rows ([`ROWS_OF_GUEST`]): their cost follows the
+//!   guest's own rows, however many other guests write at the same time (per-commit spans of a
+//!   guest's `seq`s, tried instead to save the index's insert, hold every guest writing in the
+//!   same commits, which made pruning 100 flooding guests cost the whole table each time).
 //! - `applied_runs(first, ids)`: written after a commit's inputs were applied, one row per commit
 //!   (with the next commit): for inputs `first`, `first + 1`, … in order, the hub event ids
 //!   around each, and for an accepted datagram its number in the guest's history, as LEB128
 //!   varints (a few bytes per input; [`Ids`]). Replay takes the ids from here, so that rows
 //!   deleted by retention or by a guest's removal leave the other events' ids as they were;
 //!   inputs past the end of the last run (a crash between two commits) are recomputed.
-//!   Schema 1 had a row per input here (`applied(seq, events_before, events_after, accepted)`)
-//!   and an index `inputs_by_guest` instead of spans; [`Journal::open`] migrates such a database
-//!   in one transaction and refuses a newer one.
+//!   Schema 1 had a row per input here (`applied(seq, events_before, events_after, accepted)`);
+//!   [`Journal::open`] migrates such a database in one transaction and refuses a newer one.
 //! - `checkpoints(guest, seq, state)`: a guest's whole state after input `seq` (JSON: core's
 //!   [`Guest`], its registration, its accepted count and the hub's last event id); replay starts
 //!   that guest from it and skips its older inputs. Retention writes one before it deletes a
@@ -108,11 +107,9 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// refused at replay, so that a damaged row cannot make it count for minutes.
 const MAX_DROP_COUNT: u64 = 1 << 24;
 
-/// The rows of guest `?1`, as a `FROM … WHERE` clause over `inputs i`: found through its spans
-/// (`CROSS JOIN` keeps SQLite's planner from scanning `inputs` first), as `inputs` has no index
-/// by guest: one would cost a b-tree insert per row, into as many pages as guests send at once.
-const ROWS_OF_GUEST: &str = "guest_spans s CROSS JOIN inputs i ON i.seq BETWEEN s.first AND s.last
-     WHERE s.guest = ?1 AND i.guest = ?1";
+/// The rows of guest `?1`, as a `FROM … WHERE` clause over `inputs i` (through the index
+/// `inputs_by_guest`).
+const ROWS_OF_GUEST: &str = "inputs i WHERE i.guest = ?1";
 
 /// How long the writer pauses after a failed commit, so that a broken disk does not spin it.
 const FAILURE_PAUSE: Duration = Duration::from_millis(100);
@@ -986,12 +983,7 @@ fn open_database(path: &Path) -> anyhow::Result<Connection> {
              fds INTEGER NOT NULL DEFAULT 0,
              bytes BLOB
          );
-         CREATE TABLE IF NOT EXISTS guest_spans (
-             guest TEXT NOT NULL,
-             first INTEGER NOT NULL,
-             last INTEGER NOT NULL,
-             PRIMARY KEY (guest, first)
-         ) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS inputs_by_guest ON inputs (guest, seq);
          CREATE TABLE IF NOT EXISTS applied_runs (
              first INTEGER PRIMARY KEY,
              ids BLOB NOT NULL
@@ -1005,12 +997,6 @@ fn open_database(path: &Path) -> anyhow::Result<Connection> {
     if version == 1 {
         let runs = migrate_applied_rows(&transaction)
             .with_context(|| format!("cannot migrate the journal {}", path.display()))?;
-        // Spans of at most 4096 `seq`s, as the writer's commits make them.
-        transaction.execute_batch(
-            "INSERT INTO guest_spans (guest, first, last)
-                 SELECT guest, min(seq), max(seq) FROM inputs GROUP BY guest, seq >> 12;
-             DROP INDEX IF EXISTS inputs_by_guest;",
-        )?;
         info!(path = %path.display(), runs, "journal migrated from schema 1 to 2");
     }
     transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -1242,7 +1228,7 @@ fn replay(
             connection.prepare("SELECT guest, seq, state FROM checkpoints ORDER BY seq")?;
         let mut records = connection.prepare(&format!(
             "SELECT i.seq, i.at, i.data, i.fds, i.bytes FROM {ROWS_OF_GUEST}
-             AND s.first <= ?2 AND i.kind = 'datagram' AND i.seq <= ?2 ORDER BY i.seq DESC"
+             AND i.kind = 'datagram' AND i.seq <= ?2 ORDER BY i.seq DESC"
         ))?;
         let rows = checkpoints.query_map([], |row| {
             Ok((
@@ -1721,22 +1707,9 @@ impl WriterThread {
         let first = self.next_seq;
         let stored = (|| {
             let transaction = self.connection.transaction()?;
-            let mut spans: HashMap<&str, (i64, i64)> = HashMap::new();
             for (seq, (input, _, _)) in (first..).zip(&batch.inputs) {
                 insert(&transaction, seq, input)?;
-                spans
-                    .entry(input.guest())
-                    .and_modify(|(_, last)| *last = seq)
-                    .or_insert((seq, seq));
             }
-            let mut statement = transaction.prepare_cached(
-                "INSERT INTO guest_spans (guest, first, last) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (guest, first) DO UPDATE SET last = max(last, excluded.last)",
-            )?;
-            for (guest, (first, last)) in spans {
-                statement.execute(params![guest, first, last])?;
-            }
-            drop(statement);
             bookkeeping(&transaction, &self.applied, &self.removed)?;
             transaction.commit()
         })();
@@ -1971,10 +1944,6 @@ fn purge(transaction: &Transaction<'_>, name: &str, seq: i64) -> rusqlite::Resul
         ),
         params![name, seq],
     )?;
-    transaction.execute(
-        "DELETE FROM guest_spans WHERE guest = ?1 AND last < ?2",
-        params![name, seq],
-    )?;
     transaction.execute("DELETE FROM checkpoints WHERE guest = ?1", params![name])?;
     Ok(())
 }
@@ -2163,12 +2132,6 @@ fn prune_guest(
         ),
         arguments,
     )?;
-    transaction.execute(
-        "DELETE FROM guest_spans WHERE guest = ?1 AND NOT EXISTS (
-                 SELECT 1 FROM inputs WHERE seq BETWEEN guest_spans.first AND guest_spans.last
-                 AND guest = ?1)",
-        [name],
-    )?;
     transaction.commit()?;
     Ok(Some(oldest))
 }
@@ -2271,16 +2234,22 @@ mod tests {
         rows.collect::<rusqlite::Result<_>>().unwrap()
     }
 
-    /// Every row of `inputs` lies in a span of its guest (the spans are how retention and
-    /// removals find a guest's rows).
-    fn assert_spans_cover_every_row(dir: &Path) {
-        let outside = texts(
-            dir,
-            "SELECT i.seq || ' ' || i.guest FROM inputs i WHERE NOT EXISTS (
-                 SELECT 1 FROM guest_spans s
-                 WHERE s.guest = i.guest AND i.seq BETWEEN s.first AND s.last)",
+    /// Retention, removals and replay find a guest's rows through `inputs_by_guest`, not by
+    /// scanning the table.
+    fn assert_rows_of_guest_use_the_index(dir: &Path) {
+        let connection = Connection::open(dir.join(DATABASE)).unwrap();
+        let sql = format!("EXPLAIN QUERY PLAN SELECT i.seq FROM {ROWS_OF_GUEST}");
+        let mut statement = connection.prepare(&sql).unwrap();
+        let plan: Vec<String> = statement
+            .query_map(["g"], |row| row.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("INDEX inputs_by_guest (guest=?)")),
+            "{plan:?}"
         );
-        assert_eq!(outside, Vec::<String>::new());
     }
 
     async fn open(dir: &Path, retention: Retention) -> (Hub, Journal) {
@@ -2352,7 +2321,7 @@ mod tests {
         );
         assert_eq!(before["guests"][1]["guest"]["boot_count"], 2);
         journal.close().await;
-        assert_spans_cover_every_row(dir.path());
+        assert_rows_of_guest_use_the_index(dir.path());
 
         let (again, journal) = open(dir.path(), keep_all()).await;
         assert_eq!(view(&again), before);
@@ -2423,14 +2392,7 @@ mod tests {
         assert_eq!(count(&connection, "web1"), 2);
         assert_eq!(count(&connection, "vm1"), 2);
         drop(connection);
-        assert_spans_cover_every_row(dir.path());
-        // Spans left with no row of their guest are gone.
-        let empty = texts(
-            dir.path(),
-            "SELECT s.guest FROM guest_spans s WHERE NOT EXISTS (SELECT 1 FROM inputs i
-                 WHERE i.guest = s.guest AND i.seq BETWEEN s.first AND s.last)",
-        );
-        assert_eq!(empty, Vec::<String>::new());
+        assert_rows_of_guest_use_the_index(dir.path());
 
         let (again, journal) = open(dir.path(), keep_all()).await;
         let after = view(&again);
@@ -2509,7 +2471,7 @@ mod tests {
         assert_eq!(most, 165);
         assert_eq!(rows("web1"), 100 + (1000 - 164) % 65);
         assert_eq!(rows("web2"), 11);
-        assert_spans_cover_every_row(dir.path());
+        assert_rows_of_guest_use_the_index(dir.path());
         let before = view(&hub);
         journal.close().await;
 
@@ -2818,16 +2780,13 @@ mod tests {
             dir.path(),
             "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
         );
-        assert_eq!(
-            tables,
-            ["applied_runs", "checkpoints", "guest_spans", "inputs"]
-        );
+        assert_eq!(tables, ["applied_runs", "checkpoints", "inputs"]);
         let indexes = texts(
             dir.path(),
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'inputs'",
         );
-        assert_eq!(indexes, Vec::<String>::new(), "inputs_by_guest is dropped");
-        assert_spans_cover_every_row(dir.path());
+        assert_eq!(indexes, ["inputs_by_guest"], "inputs_by_guest is kept");
+        assert_rows_of_guest_use_the_index(dir.path());
         let (hub, journal) = open(dir.path(), keep_all()).await;
         hub.accept_datagram("api1", at(1), unix(9), b"STATUS=three".to_vec(), vec![])
             .await
