@@ -751,6 +751,14 @@ where
     }
 }
 
+/// As [`integer_in`] from 1 to `max`, for a count that must not be 0.
+pub fn nonzero_up_to(
+    max: usize,
+) -> impl Fn(&str) -> Result<NonZeroUsize, String> + Clone + Send + Sync {
+    let parse = integer_in(1, max);
+    move |text: &str| parse(text).map(|n| NonZeroUsize::new(n).expect("from 1 up"))
+}
+
 /// The forms a duration takes on the command line, for help and messages.
 pub const DURATION_FORMS: &str = "90, 1.5, 90s, 1500ms, 2m or 1h30m (a number alone is seconds)";
 

@@ -153,10 +153,12 @@ pub struct JournalArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Delete stored messages older than DAYS (0: keep them at any age). A guest's state stays.
-    #[arg(long, value_name = "DAYS", default_value_t = DEFAULT_RETAIN_DAYS)]
+    #[arg(long, value_name = "DAYS", default_value_t = DEFAULT_RETAIN_DAYS,
+          value_parser = crate::config::integer_in(0_u64, 36_500))]
     pub retain_days: u64,
     /// Keep each guest's newest N stored messages (0: keep all). A guest's state stays.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_RETAIN_MESSAGES)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RETAIN_MESSAGES,
+          value_parser = crate::config::integer_in(0_u64, u64::from(u32::MAX)))]
     pub retain_messages: u64,
 }
 

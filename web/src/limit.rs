@@ -142,7 +142,7 @@ pub struct LimitArgs {
     /// Serve at most N HTTP connections at once; at N the hub stops accepting until one closes
     /// (the kernel's listen backlog holds the next ones), so guests' sockets and the fds they
     /// pass always find room [default: a quarter of RLIMIT_NOFILE, at most 4096].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::config::nonzero_up_to(1_000_000))]
     pub max_connections: Option<NonZeroUsize>,
     /// Close an HTTP connection that has not sent a whole request head within DURATION of
     /// opening or of its last answer (slow or idle clients); SSE streams and long-polls are
@@ -151,7 +151,8 @@ pub struct LimitArgs {
     pub http_idle_timeout: Duration,
     /// Serve at most N Server-Sent Events streams (GET /api/v1/events) at once; one more gets
     /// 503 until one ends.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SSE_CLIENTS)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SSE_CLIENTS,
+          value_parser = crate::config::nonzero_up_to(1_000_000))]
     pub max_sse_clients: NonZeroUsize,
 }
 

@@ -479,7 +479,8 @@ pub struct VsockArgs {
     /// Registration through the API (POST /api/v1/guests: 503 beyond it) and auto-registration
     /// stop once the hub holds this many guests; further unknown CIDs are dropped and counted
     /// (GET /api/v1/vsock). Guests of the command line and the file are not limited.
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_GUESTS)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_GUESTS,
+          value_parser = crate::config::integer_in(0_usize, 10_000_000))]
     pub max_guests: usize,
     /// Drop (and count) kernel vsock messages from source ports ≥ 1024, i.e. not sent by root in
     /// the guest. Hybrid vsock hides the port: its messages are kept.

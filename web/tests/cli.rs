@@ -684,7 +684,7 @@ fn send_errors_name_the_rule() {
 /// with both ends, durations in the forms people type.
 #[test]
 fn serve_option_errors_match_their_docs() {
-    let cases: [(&str, &str); 7] = [
+    let cases: [(&str, &str); 12] = [
         (
             "--rate-limit=-5",
             "invalid value '-5' for '--rate-limit <RATE>': expected messages per second: 0 for no \
@@ -719,6 +719,31 @@ fn serve_option_errors_match_their_docs() {
             "--history-memory=5q",
             "invalid value '5q' for '--history-memory <SIZE>': expected a size such as 64MiB, not \
              \"5q\"",
+        ),
+        (
+            "--retain-days=1.5",
+            "invalid value '1.5' for '--retain-days <DAYS>': expected an integer from 0 to 36500, \
+             not \"1.5\"",
+        ),
+        (
+            "--retain-messages=-1",
+            "invalid value '-1' for '--retain-messages <N>': expected an integer from 0 to \
+             4294967295, not \"-1\"",
+        ),
+        (
+            "--max-guests=many",
+            "invalid value 'many' for '--max-guests <N>': expected an integer from 0 to 10000000, \
+             not \"many\"",
+        ),
+        (
+            "--max-connections=0",
+            "invalid value '0' for '--max-connections <N>': expected an integer from 1 to \
+             1000000, not \"0\"",
+        ),
+        (
+            "--max-sse-clients=0",
+            "invalid value '0' for '--max-sse-clients <N>': expected an integer from 1 to \
+             1000000, not \"0\"",
         ),
     ];
     for (arg, message) in cases {
