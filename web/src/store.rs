@@ -174,6 +174,9 @@ struct Entry {
     /// The state after the last input, when that input caused events (which carry it) and
     /// nothing was published since: [`Entry::publish`] sends it instead of making another.
     fresh: Option<Arc<Snapshot>>,
+    /// An input was applied since the last [`Entry::publish`] (a batch in the journal's
+    /// writer): the published snapshot is behind, though the input's events may be out.
+    unpublished: bool,
     /// Its notify socket's own mode and owner (`POST /api/v1/guests`), kept by the journal so
     /// that a restored guest's socket is bound as before; `None`: the hub's `--socket-mode`.
     socket_access: Option<SocketAccess>,
@@ -723,6 +726,7 @@ impl Hub {
             accepted,
             snapshot,
             fresh: None,
+            unpublished: false,
             socket_access: None,
         };
         *next_generation += 1;
@@ -849,6 +853,7 @@ impl Hub {
             accepted: 0,
             snapshot,
             fresh: None,
+            unpublished: false,
             socket_access: None,
         });
         log.emit(name, Change::Registered, entry.summary());
@@ -1232,9 +1237,19 @@ impl State {
 }
 
 impl Entry {
+    /// The guest now: its published snapshot, or its state after the last input when that is
+    /// not published yet (an SSE client may have its events already, and must not then read an
+    /// older state from `GET`).
     fn summary(&self) -> GuestSummary {
+        let snapshot = if self.unpublished {
+            self.fresh
+                .clone()
+                .unwrap_or_else(|| Arc::new(self.guest.snapshot()))
+        } else {
+            self.snapshot.borrow().clone()
+        };
         GuestSummary {
-            snapshot: self.snapshot.borrow().clone(),
+            snapshot,
             notify_socket: self.notify_socket.clone(),
             reach: self.reach.clone(),
         }
@@ -1252,6 +1267,7 @@ impl Entry {
     /// logged to the tracing log when `live` (not during a journal replay).
     fn log_events(&mut self, name: &str, log: &mut EventLog, live: bool) {
         self.fresh = None;
+        self.unpublished = true;
         let Some(first) = self.guest.poll_event() else {
             return;
         };
@@ -1275,6 +1291,7 @@ impl Entry {
     /// Wakes the guest's waiters with its state now, and counts its drops since the last
     /// publish in `metrics` (none during a journal replay).
     fn publish(&mut self, metrics: Option<&Metrics>) {
+        self.unpublished = false;
         let snapshot = self
             .fresh
             .take()
@@ -1509,6 +1526,41 @@ mod tests {
             unreachable!()
         };
         assert_eq!(last.snapshot.snapshot.phase, Phase::Ready);
+    }
+
+    /// In a batch (the journal's writer applies with `Publish::Later`), an input's events go
+    /// out before the guest's state is published: `GET` must already show that state, or a
+    /// client that saw the event reads an older one; a later input without events counts too.
+    #[test]
+    fn what_an_event_showed_is_what_get_shows_before_the_batch_is_published() {
+        let hub = hub_with(&["web1"], Limits::default());
+        let mut feed = hub.subscribe(None, None);
+        let mut waiter = hub.watch("web1").unwrap();
+        drain(&mut feed);
+        waiter.borrow_and_update();
+        let later = |datagram: &[u8]| {
+            hub.ingest_with("web1", at(1), Sender::Unknown, datagram, 0, Publish::Later)
+                .unwrap()
+        };
+        later(b"READY=1\nSTATUS=up");
+        let items = drain(&mut feed);
+        let Some(FeedItem::Event(event)) = items.last() else {
+            panic!("no event: {items:?}")
+        };
+        assert_eq!(event.snapshot.snapshot.status.as_deref(), Some("up"));
+        let shown = hub.guest("web1").unwrap().summary.snapshot;
+        assert_eq!(shown.status.as_deref(), Some("up"));
+        assert_eq!(shown.phase, Phase::Ready);
+        assert_eq!(hub.guests().guests[0].summary.snapshot.messages, 1);
+        // An input without events still changes the state (its message count).
+        later(b"X_CUSTOM=1");
+        assert_eq!(hub.guest("web1").unwrap().summary.snapshot.messages, 2);
+        // Waiters hear of it only once the batch is published.
+        assert!(!waiter.has_changed().unwrap());
+        hub.publish("web1");
+        assert!(waiter.has_changed().unwrap());
+        assert_eq!(waiter.borrow_and_update().messages, 2);
+        assert_eq!(hub.guest("web1").unwrap().summary.snapshot.messages, 2);
     }
 
     #[test]
