@@ -282,9 +282,9 @@ pub struct GuestLimiter {
     bucket: DefaultDirectRateLimiter,
 }
 
-/// Throttles the log lines of one guest's drops: the first drop is logged, then at most one
-/// line per [`LOG_INTERVAL`] with the count since the last line. Used for the rate limiter's
-/// drops and for the datagrams a guest's transport drops.
+/// Throttles the log lines of one kind of event: the first is logged, then at most one line per
+/// [`LOG_INTERVAL`] with the count since the last line (refused HTTP requests, through
+/// [`crate::security::RefusalLog`]; guests' drops are summed up by [`crate::drop_log`]).
 #[derive(Debug, Default)]
 pub struct LogThrottle {
     /// When the last line was logged.
@@ -294,6 +294,14 @@ pub struct LogThrottle {
 }
 
 impl LogThrottle {
+    /// Nothing noted yet.
+    pub const fn new() -> Self {
+        Self {
+            last: None,
+            unlogged: 0,
+        }
+    }
+
     /// Counts one drop at `now`; returns how many drops to report (this one and those not
     /// logged before it) when a log line is due, `None` when not.
     pub fn note(&mut self, now: Instant) -> Option<u64> {

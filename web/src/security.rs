@@ -46,8 +46,6 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tracing::warn;
 
-use crate::limit::LOG_INTERVAL;
-
 /// The largest request body, in bytes: 16 KiB, far more than `POST /api/v1/guests` needs. A
 /// larger one is refused with 413 before it is read (axum's `DefaultBodyLimit`).
 pub const MAX_BODY_LEN: usize = 16 * 1024;
@@ -433,15 +431,15 @@ pub fn shown(value: &[u8]) -> String {
 }
 
 /// Throttles the log lines of one kind of refusal, hub-wide: the first is logged, then at most
-/// one line per [`LOG_INTERVAL`], whose `refused=` counts the refusals since the line before.
+/// one line per [`LOG_INTERVAL`](crate::limit::LOG_INTERVAL), whose `refused=` counts the refusals since the line before.
 /// A client that sends thousands of refused requests writes a line every 10 s, not a line each.
 #[derive(Debug)]
-pub struct RefusalLog(std::sync::Mutex<(Option<std::time::Instant>, u64)>);
+pub struct RefusalLog(std::sync::Mutex<crate::limit::LogThrottle>);
 
 impl RefusalLog {
     /// No refusal yet.
     pub const fn new() -> Self {
-        Self(std::sync::Mutex::new((None, 0)))
+        Self(std::sync::Mutex::new(crate::limit::LogThrottle::new()))
     }
 
     /// Counts one refusal now; how many to report when a line is due, `None` when not.
@@ -452,17 +450,10 @@ impl RefusalLog {
     /// [`note`](Self::note) at `now`.
     fn note_at(&self, now: std::time::Instant) -> Option<u64> {
         // An instant and a counter: a poisoned lock still holds usable ones.
-        let mut log = self
-            .0
+        self.0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (last, unlogged) = &mut *log;
-        *unlogged += 1;
-        if last.is_some_and(|last| now.duration_since(last) < LOG_INTERVAL) {
-            return None;
-        }
-        *last = Some(now);
-        Some(std::mem::take(unlogged))
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .note(now)
     }
 }
 
@@ -979,6 +970,7 @@ mod tests {
 
     #[test]
     fn refusals_are_logged_first_then_once_per_interval() {
+        use crate::limit::LOG_INTERVAL;
         let log = RefusalLog::new();
         let t0 = std::time::Instant::now();
         assert_eq!(log.note_at(t0), Some(1));
